@@ -1,0 +1,72 @@
+// Command vmwatch-guest boots and stops the sample guests that `make demo`
+// and manual testing use: a real Debian kernel under QEMU with a busybox
+// initramfs, a QMP socket and a serial shell.
+//
+//	vmwatch-guest start [--kernel 6.1|6.12] [--dir DIR] [--memory MB] [--memfile PATH]
+//	vmwatch-guest stop --dir DIR
+//	vmwatch-guest run --dir DIR 'COMMAND'   (a command in the guest's shell)
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/vmwatch/vmwatch/testvm"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
+	series := fs.String("kernel", "6.1", "kernel series: 6.1 or 6.12")
+	dir := fs.String("dir", "/run/vmwatch/demo", "directory for the guest's sockets, logs and pid file")
+	mem := fs.Int("memory", 512, "guest memory in MiB")
+	memfile := fs.String("memfile", "", "back guest RAM with this shared file (e.g. /dev/shm/vmwatch-demo)")
+	name := fs.String("name", "demo", "guest name")
+	fs.Parse(os.Args[2:])
+	switch os.Args[1] {
+	case "start":
+		k, err := testvm.FetchKernel(*series)
+		check(err)
+		check(os.MkdirAll(*dir, 0o755))
+		vm, err := testvm.Start(context.Background(), testvm.Config{
+			Kernel: k, Name: *name, MemoryMB: *mem, MemFile: *memfile, Dir: *dir, Detach: true,
+		})
+		check(err)
+		fmt.Printf("guest %s running: kernel %s, %d MiB, %s, QEMU pid %d\n", *name, k.Release, *mem, vm.Accel, vm.PID())
+		vm.Release()
+		fmt.Printf("  QMP socket:   %s\n  serial shell: %s\n  console log:  %s\n", vm.QMPPath, vm.SerialPath, vm.ConsoleLog)
+		fmt.Printf("  stop it with: vmwatch-guest stop --dir %s\n", *dir)
+	case "stop":
+		check(testvm.StopDir(*dir))
+	case "run":
+		if fs.NArg() == 0 {
+			usage()
+		}
+		sh, err := testvm.DialShell(filepath.Join(*dir, "shell.sock"))
+		check(err)
+		out, err := sh.Run(strings.Join(fs.Args(), " "), 60*time.Second)
+		fmt.Print(out)
+		check(err)
+	default:
+		usage()
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: vmwatch-guest start|stop|run [flags]")
+	os.Exit(2)
+}
+
+func check(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "vmwatch-guest:", err)
+		os.Exit(1)
+	}
+}

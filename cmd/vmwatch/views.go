@@ -1,0 +1,371 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+	"github.com/vmwatch/vmwatch/linux"
+)
+
+// viewErr keeps partial results: a view that read something but hit an
+// error (a list that changed under us) prints what it has and warns.
+func partial(what string, err error) {
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "vmwatch: warning: %s incomplete: %v (retry, or use --pause for an exact snapshot)\n", what, err)
+	}
+}
+
+func newPsCmd(g *globalFlags) *cobra.Command {
+	var threads bool
+	cmd := &cobra.Command{
+		Use:   "ps",
+		Short: "List processes (from the kernel's task list)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var walkErr error
+			v, _, err := withSession(cmd.Context(), g, func(s *session) (any, error) {
+				ps, err := s.k.Processes(linux.PSOptions{Threads: threads})
+				if ps == nil && err != nil {
+					return nil, err
+				}
+				walkErr = err
+				linux.SortProcesses(ps)
+				return ps, nil
+			})
+			if err != nil {
+				return err
+			}
+			partial("process list", walkErr)
+			ps := v.([]linux.Process)
+			return emit(os.Stdout, g.output, ps, func(tw *tabwriter.Writer) {
+				if threads {
+					row(tw, "TGID", "PID", "PPID", "UID", "GID", "EUID", "STATE", "START", "COMM", "COMMAND")
+				} else {
+					row(tw, "PID", "PPID", "UID", "GID", "EUID", "STATE", "START", "THR", "COMM", "COMMAND")
+				}
+				for _, p := range ps {
+					cl := commandLine(p)
+					if threads {
+						row(tw, p.TGID, p.PID, p.PPID, p.UID, p.GID, p.EUID, p.State, startTime(p.StartTime), p.Comm, cl)
+					} else {
+						row(tw, p.PID, p.PPID, p.UID, p.GID, p.EUID, p.State, startTime(p.StartTime), p.Threads, p.Comm, cl)
+					}
+				}
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&threads, "threads", false, "list every thread, not only processes")
+	return cmd
+}
+
+func commandLine(p linux.Process) string {
+	if len(p.Cmdline) > 0 {
+		s := strings.Join(p.Cmdline, " ")
+		if len(s) > 200 {
+			s = s[:200] + "…"
+		}
+		return s
+	}
+	if p.Kernel {
+		if p.FullName != "" {
+			return "[" + p.FullName + "]"
+		}
+		return "[" + p.Comm + "]"
+	}
+	if len(p.Errors) > 0 {
+		return "(unreadable)"
+	}
+	return ""
+}
+
+func startTime(sec float64) string {
+	switch {
+	case sec < 60:
+		return fmt.Sprintf("%.2fs", sec)
+	case sec < 3600:
+		return fmt.Sprintf("%dm%02ds", int(sec)/60, int(sec)%60)
+	case sec < 86400:
+		return fmt.Sprintf("%dh%02dm", int(sec)/3600, int(sec)%3600/60)
+	}
+	return fmt.Sprintf("%dd%02dh", int(sec)/86400, int(sec)%86400/3600)
+}
+
+// treeNode is a process in pstree's JSON output.
+type treeNode struct {
+	PID      int64       `json:"pid"`
+	Comm     string      `json:"comm"`
+	Cmdline  []string    `json:"cmdline,omitempty"`
+	Children []*treeNode `json:"children,omitempty"`
+}
+
+func buildTree(ps []linux.Process) []*treeNode {
+	nodes := map[int64]*treeNode{}
+	for _, p := range ps {
+		nodes[p.PID] = &treeNode{PID: p.PID, Comm: p.Comm, Cmdline: p.Cmdline}
+	}
+	var roots []*treeNode
+	for _, p := range ps {
+		n := nodes[p.PID]
+		if parent, ok := nodes[p.PPID]; ok && p.PPID != p.PID {
+			parent.Children = append(parent.Children, n)
+		} else {
+			roots = append(roots, n)
+		}
+	}
+	var sortRec func(ns []*treeNode)
+	sortRec = func(ns []*treeNode) {
+		sort.Slice(ns, func(i, j int) bool { return ns[i].PID < ns[j].PID })
+		for _, n := range ns {
+			sortRec(n.Children)
+		}
+	}
+	sortRec(roots)
+	return roots
+}
+
+func newPstreeCmd(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "pstree",
+		Short: "Show processes as a tree of parents and children",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var walkErr error
+			v, _, err := withSession(cmd.Context(), g, func(s *session) (any, error) {
+				ps, err := s.k.Processes(linux.PSOptions{})
+				if ps == nil && err != nil {
+					return nil, err
+				}
+				walkErr = err
+				return buildTree(ps), nil
+			})
+			if err != nil {
+				return err
+			}
+			partial("process list", walkErr)
+			roots := v.([]*treeNode)
+			if g.output != "table" {
+				return emit(os.Stdout, g.output, roots, nil)
+			}
+			var b strings.Builder
+			var walk func(n *treeNode, prefix string, last, top bool)
+			walk = func(n *treeNode, prefix string, last, top bool) {
+				label := fmt.Sprintf("%d %s", n.PID, n.Comm)
+				if len(n.Cmdline) > 0 && strings.Join(n.Cmdline, " ") != n.Comm {
+					label += "  " + strings.Join(n.Cmdline, " ")
+				}
+				if top {
+					b.WriteString(label + "\n")
+				} else if last {
+					b.WriteString(prefix + "└─ " + label + "\n")
+					prefix += "   "
+				} else {
+					b.WriteString(prefix + "├─ " + label + "\n")
+					prefix += "│  "
+				}
+				for i, c := range n.Children {
+					walk(c, prefix, i == len(n.Children)-1, false)
+				}
+			}
+			for _, r := range roots {
+				walk(r, "", true, true)
+			}
+			_, err = os.Stdout.WriteString(b.String())
+			return err
+		},
+	}
+}
+
+func newLsmodCmd(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "lsmod",
+		Short: "List loaded kernel modules (from the kernel's module list)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var walkErr error
+			v, _, err := withSession(cmd.Context(), g, func(s *session) (any, error) {
+				ms, err := s.k.Modules()
+				if ms == nil && err != nil {
+					return nil, err
+				}
+				walkErr = err
+				return ms, nil
+			})
+			if err != nil {
+				return err
+			}
+			partial("module list", walkErr)
+			ms := v.([]linux.Module)
+			return emit(os.Stdout, g.output, ms, func(tw *tabwriter.Writer) {
+				row(tw, "MODULE", "SIZE", "REFS", "USED BY", "STATE", "ADDRESS")
+				for _, m := range ms {
+					row(tw, m.Name, m.Size, m.Refcount, linux.FormatUsedBy(m.UsedBy), m.State, m.Base)
+				}
+			})
+		},
+	}
+}
+
+func newSocketsCmd(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "sockets",
+		Short: "List open sockets with their owning processes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var walkErr error
+			v, _, err := withSession(cmd.Context(), g, func(s *session) (any, error) {
+				ss, err := s.k.Sockets()
+				if ss == nil && err != nil {
+					return nil, err
+				}
+				walkErr = err
+				return ss, nil
+			})
+			if err != nil {
+				return err
+			}
+			partial("socket list", walkErr)
+			ss := v.([]linux.Socket)
+			return emit(os.Stdout, g.output, ss, func(tw *tabwriter.Writer) {
+				row(tw, "PROTO", "LOCAL", "REMOTE", "STATE", "INODE", "PIDS")
+				for _, s := range ss {
+					local, remote := endpoint(s.LocalAddr, s.LocalPort), endpoint(s.RemoteAddr, s.RemotePort)
+					if s.Protocol == "unix" {
+						local, remote = s.Path, ""
+					}
+					pids := make([]string, len(s.PIDs))
+					for i, p := range s.PIDs {
+						pids[i] = strconv.FormatInt(p, 10)
+					}
+					proto := s.Protocol
+					if s.Family == "inet6" {
+						proto += "6"
+					}
+					row(tw, proto, dash(local), dash(remote), s.State, s.Inode, strings.Join(pids, ","))
+				}
+			})
+		},
+	}
+}
+
+func endpoint(addr string, port uint16) string {
+	if addr == "" {
+		return ""
+	}
+	if strings.Contains(addr, ":") {
+		return fmt.Sprintf("[%s]:%d", addr, port)
+	}
+	return fmt.Sprintf("%s:%d", addr, port)
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func newDmesgCmd(g *globalFlags) *cobra.Command {
+	var tail int
+	cmd := &cobra.Command{
+		Use:   "dmesg",
+		Short: "Print the kernel log (from the printk ring buffer)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			v, _, err := withSession(cmd.Context(), g, func(s *session) (any, error) {
+				return s.k.Dmesg()
+			})
+			if err != nil {
+				return err
+			}
+			recs := v.([]linux.LogRecord)
+			if tail > 0 && len(recs) > tail {
+				recs = recs[len(recs)-tail:]
+			}
+			if g.output != "table" {
+				return emit(os.Stdout, g.output, recs, nil)
+			}
+			var b strings.Builder
+			for _, r := range recs {
+				b.WriteString(r.Format())
+				b.WriteByte('\n')
+			}
+			_, err = os.Stdout.WriteString(b.String())
+			return err
+		},
+	}
+	cmd.Flags().IntVarP(&tail, "tail", "n", 0, "print only the last N records")
+	return cmd
+}
+
+type symbolOut struct {
+	Address linux.Addr `json:"address"`
+	Type    string     `json:"type"`
+	Name    string     `json:"name"`
+	Offset  uint64     `json:"offset,omitempty"`
+	Query   string     `json:"query,omitempty"`
+}
+
+func newSymbolsCmd(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "symbols [NAME|ADDRESS]...",
+		Short: "Look kernel symbols up by name or address (all symbols without arguments)",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var missing []string
+			v, _, err := withSession(cmd.Context(), g, func(s *session) (any, error) {
+				var out []symbolOut
+				if len(args) == 0 {
+					for _, sym := range s.k.Syms.All() {
+						out = append(out, symbolOut{Address: linux.Addr(sym.Addr), Type: string(sym.Type), Name: sym.Name})
+					}
+					return out, nil
+				}
+				for _, a := range args {
+					if strings.HasPrefix(a, "0x") || strings.HasPrefix(a, "ffff") {
+						addr, err := strconv.ParseUint(strings.TrimPrefix(a, "0x"), 16, 64)
+						if err != nil {
+							return nil, fmt.Errorf("%q is not an address", a)
+						}
+						sym, off, ok := s.k.Syms.Nearest(addr)
+						if !ok {
+							missing = append(missing, a)
+							continue
+						}
+						out = append(out, symbolOut{Address: linux.Addr(sym.Addr), Type: string(sym.Type), Name: sym.Name, Offset: off, Query: a})
+						continue
+					}
+					sym, ok := s.k.Syms.Get(a)
+					if !ok {
+						missing = append(missing, a)
+						continue
+					}
+					out = append(out, symbolOut{Address: linux.Addr(sym.Addr), Type: string(sym.Type), Name: sym.Name, Query: a})
+				}
+				return out, nil
+			})
+			if err != nil {
+				return err
+			}
+			out := v.([]symbolOut)
+			if err := emit(os.Stdout, g.output, out, func(tw *tabwriter.Writer) {
+				for _, s := range out {
+					name := s.Name
+					if s.Offset != 0 {
+						name = fmt.Sprintf("%s+%#x", s.Name, s.Offset)
+					}
+					row(tw, fmt.Sprintf("%016x", uint64(s.Address)), s.Type, name)
+				}
+			}); err != nil {
+				return err
+			}
+			if len(missing) > 0 {
+				return fmt.Errorf("no kernel symbol for %s", strings.Join(missing, ", "))
+			}
+			return nil
+		},
+	}
+}

@@ -1,0 +1,326 @@
+package e2e
+
+import (
+	"crypto/md5"
+	"encoding/hex"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/vmwatch/vmwatch/linux"
+	"github.com/vmwatch/vmwatch/testvm"
+)
+
+func forEachKernel(t *testing.T, fn func(t *testing.T, series string)) {
+	for _, s := range Kernels {
+		t.Run(s, func(t *testing.T) { fn(t, s) })
+	}
+}
+
+// TestPS: every process that the guest's /proc shows before and after the
+// read is in `vmwatch ps` with the same parent and name, and ps shows none
+// that /proc showed neither time.
+func TestPS(t *testing.T) {
+	forEachKernel(t, func(t *testing.T, series string) {
+		vm := standard(t, series)
+		checkPS(t, vm, "qmp:"+vm.QMPPath)
+	})
+}
+
+func checkPS(t *testing.T, vm *testvm.VM, target string, extra ...string) {
+	t.Helper()
+	before := guestProcs(t, vm)
+	var ps []linux.Process
+	vmwatchJSON(t, &ps, append([]string{"ps", "-t", target}, extra...)...)
+	after := guestProcs(t, vm)
+	got := map[int64]linux.Process{}
+	for _, p := range ps {
+		got[p.PID] = p
+		if len(p.Errors) > 0 {
+			t.Errorf("pid %d (%s): errors %v", p.PID, p.Comm, p.Errors)
+		}
+	}
+	for pid, b := range before {
+		a, ok := after[pid]
+		if !ok {
+			continue // exited in between
+		}
+		p, ok := got[pid]
+		if !ok {
+			t.Errorf("pid %d (%s) is in the guest's /proc before and after, but not in vmwatch ps", pid, a.Comm)
+			continue
+		}
+		if p.PPID != a.PPID && p.PPID != b.PPID {
+			t.Errorf("pid %d (%s): ppid %d, guest says %d", pid, a.Comm, p.PPID, a.PPID)
+		}
+		if !sameComm(p.Comm, a.Comm) && !sameComm(p.Comm, b.Comm) && (p.FullName == "" || p.FullName != a.Comm) {
+			t.Errorf("pid %d: comm %q, guest says %q", pid, p.Comm, a.Comm)
+		}
+	}
+	for pid, p := range got {
+		_, inB := before[pid]
+		_, inA := after[pid]
+		if !inB && !inA {
+			t.Errorf("vmwatch ps shows pid %d (%s), which the guest's /proc showed neither before nor after", pid, p.Comm)
+		}
+	}
+	// the known workload, with command lines read from process memory
+	want := map[string]bool{"nc -ll -p 8080 -e /bin/cat": false, "httpd -p 8081 -h /srv/www": false, "sleep 1000001": false}
+	for _, p := range ps {
+		cl := strings.Join(p.Cmdline, " ")
+		if _, ok := want[cl]; ok {
+			want[cl] = true
+		}
+	}
+	for cl, seen := range want {
+		if !seen {
+			t.Errorf("no process with command line %q", cl)
+		}
+	}
+	if len(ps) < 40 {
+		t.Errorf("only %d processes", len(ps))
+	}
+}
+
+// TestThreads: --threads lists every thread of the guest (/proc/PID/task).
+func TestThreads(t *testing.T) {
+	forEachKernel(t, func(t *testing.T, series string) {
+		vm := standard(t, series)
+		out, err := vm.Run("ls -d /proc/[0-9]*/task/[0-9]* | wc -l")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := strconv.Atoi(strings.TrimSpace(out))
+		var ps []linux.Process
+		vmwatchJSON(t, &ps, "ps", "--threads", "-t", "qmp:"+vm.QMPPath)
+		if d := len(ps) - n; d < -3 || d > 3 {
+			t.Errorf("vmwatch ps --threads: %d tasks, the guest has %d", len(ps), n)
+		}
+	})
+}
+
+// TestLsmod: lsmod equals the guest's /proc/modules.
+func TestLsmod(t *testing.T) {
+	forEachKernel(t, func(t *testing.T, series string) {
+		vm := standard(t, series)
+		out, err := vm.Run("cat /proc/modules")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mods []linux.Module
+		vmwatchJSON(t, &mods, "lsmod", "-t", "qmp:"+vm.QMPPath)
+		got := map[string]linux.Module{}
+		for _, m := range mods {
+			got[m.Name] = m
+		}
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if len(lines) != len(mods) {
+			t.Errorf("vmwatch lsmod lists %d modules, /proc/modules %d", len(mods), len(lines))
+		}
+		for _, line := range lines {
+			f := strings.Fields(line)
+			if len(f) < 6 {
+				t.Fatalf("odd /proc/modules line %q", line)
+			}
+			m, ok := got[f[0]]
+			if !ok {
+				t.Errorf("module %s missing", f[0])
+				continue
+			}
+			want := fmt.Sprintf("%s %s %s %s %s %s", f[0], f[1], f[2], f[3], f[4], f[5])
+			have := fmt.Sprintf("%s %d %d %s %s %s", m.Name, m.Size, m.Refcount, linux.FormatUsedBy(m.UsedBy), m.State, m.Base)
+			if want != have {
+				t.Errorf("module %s:\n  /proc/modules: %s\n  vmwatch:       %s", f[0], want, have)
+			}
+		}
+		for _, want := range testvm.DefaultModules {
+			if _, ok := got[want]; !ok {
+				t.Errorf("test module %s not listed", want)
+			}
+		}
+	})
+}
+
+// TestSockets: every listener of /proc/net/{tcp,udp,tcp6,udp6} is in
+// vmwatch sockets with its port and inode, owned by a process.
+func TestSockets(t *testing.T) {
+	forEachKernel(t, func(t *testing.T, series string) {
+		vm := standard(t, series)
+		var ss []linux.Socket
+		vmwatchJSON(t, &ss, "sockets", "-t", "qmp:"+vm.QMPPath)
+		have := map[string]linux.Socket{}
+		for _, s := range ss {
+			fam := ""
+			if s.Family == "inet6" {
+				fam = "6"
+			}
+			have[fmt.Sprintf("%s%s/%d/%d", s.Protocol, fam, s.LocalPort, s.Inode)] = s
+		}
+		n := 0
+		for _, file := range []string{"tcp", "udp", "tcp6", "udp6"} {
+			out, err := vm.Run("cat /proc/net/" + file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, line := range strings.Split(out, "\n")[1:] {
+				f := strings.Fields(line)
+				if len(f) < 10 {
+					continue
+				}
+				st := f[3]
+				if (strings.HasPrefix(file, "tcp") && st != "0A") || (strings.HasPrefix(file, "udp") && st != "07") {
+					continue
+				}
+				_, portHex, _ := strings.Cut(f[1], ":")
+				port, _ := strconv.ParseUint(portHex, 16, 16)
+				key := fmt.Sprintf("%s/%d/%s", file, port, f[9])
+				n++
+				s, ok := have[key]
+				if !ok {
+					t.Errorf("listener %s (from /proc/net/%s) missing; vmwatch has %v", key, file, keys(have))
+					continue
+				}
+				if len(s.PIDs) == 0 {
+					t.Errorf("listener %s has no owning process", key)
+				}
+			}
+		}
+		if n < 3 {
+			t.Errorf("the guest shows only %d listeners; the workload starts 3", n)
+		}
+		est := 0
+		for _, s := range ss {
+			if s.State == "ESTABLISHED" && s.Protocol == "tcp" {
+				est++
+			}
+		}
+		if est < 2 {
+			t.Errorf("want the workload's established TCP connection (2 sockets), have %d", est)
+		}
+	})
+}
+
+func keys[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestDmesg: the last lines of the guest's own dmesg are in vmwatch dmesg.
+func TestDmesg(t *testing.T) {
+	forEachKernel(t, func(t *testing.T, series string) {
+		vm := standard(t, series)
+		if _, err := vm.Run("echo vmwatch-dmesg-marker-" + series + " > /dev/kmsg"); err != nil {
+			t.Fatal(err)
+		}
+		out, err := vm.Run("dmesg | tail -n 25")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := string(vmwatch(t, "dmesg", "-t", "qmp:"+vm.QMPPath))
+		lines := map[string]bool{}
+		for _, l := range strings.Split(got, "\n") {
+			lines[l] = true
+		}
+		for _, l := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
+			if !lines[l] {
+				t.Errorf("guest dmesg line %q missing from vmwatch dmesg", l)
+			}
+		}
+		if !strings.Contains(got, "vmwatch-dmesg-marker-"+series) {
+			t.Errorf("the marker written to /dev/kmsg is not in vmwatch dmesg")
+		}
+	})
+}
+
+// TestSymbols: the kernel symbols vmwatch rebuilds from memory are exactly
+// the guest's /proc/kallsyms (core kernel part): same count, same text
+// (compared by checksum), and a sample looked up by name and address.
+func TestSymbols(t *testing.T) {
+	forEachKernel(t, func(t *testing.T, series string) {
+		vm := standard(t, series)
+		out, err := vm.Run("grep -v '\\[' /proc/kallsyms | md5sum; grep -vc '\\[' /proc/kallsyms")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := strings.Fields(out)
+		if len(f) < 3 {
+			t.Fatalf("guest answered %q", out)
+		}
+		wantSum, wantCount := f[0], f[2]
+		var syms []struct {
+			Address linux.Addr `json:"address"`
+			Type    string     `json:"type"`
+			Name    string     `json:"name"`
+		}
+		vmwatchJSON(t, &syms, "symbols", "-t", "qmp:"+vm.QMPPath)
+		var b strings.Builder
+		for _, s := range syms {
+			fmt.Fprintf(&b, "%016x %s %s\n", uint64(s.Address), s.Type, s.Name)
+		}
+		sum := md5.Sum([]byte(b.String()))
+		if strconv.Itoa(len(syms)) != wantCount {
+			t.Errorf("vmwatch has %d symbols, the guest's /proc/kallsyms %s", len(syms), wantCount)
+		}
+		if hex.EncodeToString(sum[:]) != wantSum {
+			t.Errorf("symbol table differs from the guest's /proc/kallsyms (md5 %x, guest %s)", sum, wantSum)
+		}
+		// a sample, by name and by address
+		sample, err := vm.Run("grep -E ' (init_task|linux_banner|sys_call_table|do_sys_open|commit_creds|__x64_sys_getpid|tcp_hashinfo|modules|prb)$' /proc/kallsyms")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(strings.TrimSpace(sample), "\n") {
+			g := strings.Fields(line)
+			var got []struct {
+				Address linux.Addr `json:"address"`
+				Name    string     `json:"name"`
+				Offset  uint64     `json:"offset"`
+			}
+			vmwatchJSON(t, &got, "symbols", "-t", "qmp:"+vm.QMPPath, g[2], "0x"+g[0])
+			if len(got) != 2 || fmt.Sprintf("%016x", uint64(got[0].Address)) != g[0] {
+				t.Errorf("symbols %s: got %+v, guest says %s", g[2], got, g[0])
+			}
+		}
+	})
+}
+
+// TestInfo: info reports the guest's release and the KASLR shift the
+// kernel itself records in VMCOREINFO (KERNELOFFSET).
+func TestInfo(t *testing.T) {
+	forEachKernel(t, func(t *testing.T, series string) {
+		vm := standard(t, series)
+		rel, err := vm.Run("uname -r")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var info struct {
+			Release   string `json:"release"`
+			VirtShift string `json:"kaslr_virtual_shift"`
+			Symbols   int    `json:"symbols"`
+			Types     int    `json:"types"`
+			Levels    int    `json:"paging_levels"`
+		}
+		vmwatchJSON(t, &info, "info", "-t", "qmp:"+vm.QMPPath)
+		if info.Release != strings.TrimSpace(rel) {
+			t.Errorf("release %q, guest says %q", info.Release, strings.TrimSpace(rel))
+		}
+		if info.Symbols < 50000 || info.Types < 50000 {
+			t.Errorf("implausible counts: %d symbols, %d types", info.Symbols, info.Types)
+		}
+		// _text in /proc/kallsyms minus the default link address
+		out, err := vm.Run("grep ' _text$' /proc/kallsyms")
+		if err != nil {
+			t.Fatal(err)
+		}
+		text, _ := strconv.ParseUint(strings.Fields(out)[0], 16, 64)
+		if want := fmt.Sprintf("%#x", text-0xffffffff81000000); info.VirtShift != want {
+			t.Errorf("KASLR shift %s, guest's _text says %s", info.VirtShift, want)
+		}
+	})
+}

@@ -1,0 +1,154 @@
+package linux
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// LogRecord is one record of the kernel log.
+type LogRecord struct {
+	Seq      uint64 `json:"seq"`
+	TimeNs   uint64 `json:"ts_nsec"`
+	Level    uint8  `json:"level"`
+	Facility uint8  `json:"facility"`
+	Text     string `json:"text"`
+}
+
+// Format prints the record the way dmesg does: "[    1.234567] text",
+// one prefix per line.
+func (r LogRecord) Format() string {
+	prefix := fmt.Sprintf("[%5d.%06d] ", r.TimeNs/1e9, r.TimeNs%1e9/1e3)
+	lines := strings.Split(r.Text, "\n")
+	for i := range lines {
+		lines[i] = prefix + lines[i]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// limits for the printk ring buffer
+const (
+	maxLogDescBits = 24
+	maxLogDataBits = 30
+)
+
+// Dmesg reads the kernel log from the lockless printk ring buffer (Linux
+// 5.10+): descriptors (state and id), infos (sequence, time, length) and
+// the text data ring.
+func (k *Kernel) Dmesg() ([]LogRecord, error) {
+	prbp, err := k.Symbol("prb")
+	if err != nil {
+		return nil, fmt.Errorf("kernel log: %w (kernels before 5.10 keep the log differently; not supported)", err)
+	}
+	pv, err := k.Uint64(prbp)
+	if err != nil {
+		return nil, err
+	}
+	rb, err := k.Object("printk_ringbuffer", pv)
+	if err != nil {
+		return nil, err
+	}
+	f := &fields{v: rb}
+	countBits := f.uint("desc_ring.count_bits")
+	descs := f.ptr("desc_ring.descs")
+	infos := f.ptr("desc_ring.infos")
+	headID := f.uint("desc_ring.head_id")
+	tailID := f.uint("desc_ring.tail_id")
+	sizeBits := f.uint("text_data_ring.size_bits")
+	data := f.ptr("text_data_ring.data")
+	if len(f.errs) > 0 {
+		return nil, fmt.Errorf("printk ring buffer: %s", strings.Join(f.errs, "; "))
+	}
+	if countBits == 0 || countBits > maxLogDescBits || sizeBits == 0 || sizeBits > maxLogDataBits {
+		return nil, fmt.Errorf("printk ring buffer at %#x has implausible sizes (2^%d descriptors, 2^%d bytes)", pv, countBits, sizeBits)
+	}
+	dt, err := k.Types.Struct("prb_desc")
+	if err != nil {
+		return nil, err
+	}
+	it, err := k.Types.Struct("printk_info")
+	if err != nil {
+		return nil, err
+	}
+	count := uint64(1) << countBits
+	size := uint64(1) << sizeBits
+	descBuf := make([]byte, count*dt.Size)
+	if _, err := k.AS.ReadAt(descBuf, int64(descs)); err != nil {
+		return nil, fmt.Errorf("printk descriptors: %w", err)
+	}
+	infoBuf := make([]byte, count*it.Size)
+	if _, err := k.AS.ReadAt(infoBuf, int64(infos)); err != nil {
+		return nil, fmt.Errorf("printk infos: %w", err)
+	}
+	dataBuf := make([]byte, size)
+	if _, err := k.AS.ReadAt(dataBuf, int64(data)); err != nil {
+		return nil, fmt.Errorf("printk text ring: %w", err)
+	}
+	committed, err1 := k.Types.EnumConstant("desc_committed")
+	finalized, err2 := k.Types.EnumConstant("desc_finalized")
+	if err1 != nil || err2 != nil {
+		return nil, errors.Join(err1, err2)
+	}
+	svOff, _ := dt.FieldOffset("state_var")
+	beginOff, err1 := dt.FieldOffset("text_blk_lpos.begin")
+	nextOff, err2 := dt.FieldOffset("text_blk_lpos.next")
+	if err1 != nil || err2 != nil {
+		return nil, errors.Join(err1, err2)
+	}
+	// state_var: the top two bits are the state, the rest the id
+	const flagsShift = 62
+	idMask := uint64(1)<<flagsShift - 1
+	var out []LogRecord
+	for id, n := tailID&idMask, uint64(0); n <= count; id, n = (id+1)&idMask, n+1 {
+		i := id & (count - 1)
+		d := descBuf[i*dt.Size : (i+1)*dt.Size]
+		sv := binary.LittleEndian.Uint64(d[svOff:])
+		st := int64(sv >> flagsShift)
+		if sv&idMask == id && (st == committed || st == finalized) {
+			info := Value{k: k, Type: it, buf: infoBuf[i*it.Size : (i+1)*it.Size]}
+			ifl := &fields{v: info}
+			rec := LogRecord{Seq: ifl.uint("seq"), TimeNs: ifl.uint("ts_nsec"), Level: uint8(ifl.uint("level")), Facility: uint8(ifl.uint("facility"))}
+			textLen := ifl.uint("text_len")
+			begin := binary.LittleEndian.Uint64(d[beginOff:])
+			next := binary.LittleEndian.Uint64(d[nextOff:])
+			if text, ok := ringText(dataBuf, sizeBits, begin, next, textLen); ok {
+				rec.Text = text
+				out = append(out, rec)
+			}
+		}
+		if id == headID&idMask {
+			break
+		}
+	}
+	return out, nil
+}
+
+// ringText extracts a record's text from the data ring: a block is an
+// id (unsigned long) followed by the text; a block that would wrap is
+// stored whole at the start of the ring instead (get_data() in
+// kernel/printk/printk_ringbuffer.c).
+func ringText(ring []byte, sizeBits, begin, next, textLen uint64) (string, bool) {
+	if begin&1 != 0 && next&1 != 0 { // data-less record
+		return "", false
+	}
+	size := uint64(len(ring))
+	wraps := func(lpos uint64) uint64 { return lpos >> sizeBits }
+	var start, n uint64
+	switch {
+	case wraps(begin) == wraps(next) && begin < next:
+		start, n = begin&(size-1), next-begin
+	case wraps(begin+size) == wraps(next):
+		start, n = 0, next&(size-1)
+	default:
+		return "", false
+	}
+	if n < 8 || start+n > size {
+		return "", false
+	}
+	blk := ring[start+8 : start+n]
+	if textLen > uint64(len(blk)) {
+		textLen = uint64(len(blk))
+	}
+	return string(blk[:textLen]), true
+}

@@ -1,0 +1,243 @@
+package linux
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/vmwatch/vmwatch/guestmem"
+	"github.com/vmwatch/vmwatch/x86"
+)
+
+// x86-64 places the kernel image in the 1 GiB from __START_KERNEL_map
+// (top-level entry 511, third-level entry 510); the module area follows it.
+// KASLR moves the image inside that window in 2 MiB steps, and moves it
+// physically too. These are properties of the architecture's memory layout
+// (Documentation/arch/x86/x86_64/mm.rst), stable since Linux 2.6.
+const (
+	startKernelMap    = 0xffffffff80000000
+	defaultKernelText = 0xffffffff81000000 // __START_KERNEL with the default CONFIG_PHYSICAL_START
+	defaultPhysStart  = 0x1000000
+)
+
+// Location is where the kernel is, in virtual and physical memory.
+type Location struct {
+	Root      uint64 `json:"page_table_root"` // physical address of the kernel's top-level page table
+	Levels    int    `json:"paging_levels"`
+	TextStart uint64 `json:"text_start"` // virtual address of _text
+	ImageEnd  uint64 `json:"image_end"`  // end of the image's mapping (2 MiB granularity)
+	PhysStart uint64 `json:"phys_start"` // physical address of _text
+	Source    string `json:"found_by"`   // "CPU registers" or "page table scan"
+	Present   int    `json:"-"`          // 2 MiB slots of the image that are mapped
+}
+
+// VirtShift is the KASLR virtual displacement relative to the default link address.
+func (l *Location) VirtShift() int64 { return int64(l.TextStart - defaultKernelText) }
+
+// PhysShift is the physical displacement relative to the default load address.
+func (l *Location) PhysShift() int64 { return int64(l.PhysStart) - defaultPhysStart }
+
+// PhysBase is the kernel's phys_base: __pa(x) = x - __START_KERNEL_map + phys_base
+// for addresses in the kernel image.
+func (l *Location) PhysBase() uint64 { return l.PhysStart - (l.TextStart - startKernelMap) }
+
+// ImagePhys converts a virtual address inside the kernel image to physical.
+func (l *Location) ImagePhys(va uint64) (uint64, bool) {
+	if va < l.TextStart || va >= l.ImageEnd {
+		return 0, false
+	}
+	return l.PhysStart + (va - l.TextStart), true
+}
+
+// imageMapping finds the kernel image's slots in the page tables at root:
+// the first and last present 2 MiB entries under __START_KERNEL_map.
+func imageMapping(mem guestmem.Memory, root uint64, levels int) (*Location, error) {
+	as, err := x86.NewAddressSpace(mem, root, levels)
+	if err != nil {
+		return nil, err
+	}
+	table := root
+	path := []int{511, 510} // PGD (or P4D), PUD
+	if levels == 5 {
+		path = []int{511, 511, 510}
+	}
+	for _, idx := range path {
+		e, err := as.Entry(table, idx)
+		if err != nil {
+			return nil, err
+		}
+		if e&1 == 0 || e&(1<<7) != 0 || e&0x7ff0000000000000 != 0 {
+			return nil, fmt.Errorf("no kernel image mapping under root %#x (entry %d = %#x)", root, idx, e)
+		}
+		table = e & 0x000ffffffffff000
+	}
+	first, last, present := -1, -1, 0
+	for i := 0; i < 512; i++ {
+		e, err := as.Entry(table, i)
+		if err != nil {
+			return nil, err
+		}
+		if e&1 == 0 {
+			continue
+		}
+		if first < 0 {
+			first = i
+		}
+		last = i
+		present++
+	}
+	if first < 0 {
+		return nil, fmt.Errorf("kernel image area under root %#x is empty", root)
+	}
+	text := uint64(startKernelMap) + uint64(first)*x86.PageSize2M
+	m, err := as.Translate(text)
+	if err != nil {
+		return nil, fmt.Errorf("kernel image start %#x: %w", text, err)
+	}
+	return &Location{
+		Root: root, Levels: levels,
+		TextStart: text, ImageEnd: uint64(startKernelMap) + uint64(last+1)*x86.PageSize2M,
+		PhysStart: m.Phys, Present: present,
+	}, nil
+}
+
+// locateFromRegisters tries the CR3 values of the vCPUs.
+func locateFromRegisters(mem guestmem.Memory, cpus []guestmem.CPUState) (*Location, error) {
+	var best *Location
+	var lastErr error
+	for _, c := range cpus {
+		if c.CR3 == 0 || (c.CR0 != 0 && c.CR0&(1<<31) == 0) { // paging off
+			continue
+		}
+		levels := 4
+		if c.CR4&(1<<12) != 0 {
+			levels = 5
+		}
+		for _, pti := range []bool{false, true} {
+			l, err := imageMapping(mem, x86.KernelRoot(c.CR3, pti), levels)
+			if err != nil {
+				lastErr = err
+				continue
+			}
+			if best == nil || l.Present > best.Present {
+				best = l
+			}
+		}
+	}
+	if best == nil {
+		if lastErr == nil {
+			lastErr = errors.New("no vCPU has paging enabled")
+		}
+		return nil, lastErr
+	}
+	best.Source = "CPU registers"
+	return best, nil
+}
+
+// maxRootCandidates bounds the page-table scan.
+const maxRootCandidates = 1 << 16
+
+// locateByScan finds the kernel's page tables from physical memory alone.
+// Every top-level table of the kernel and of each process shares the
+// kernel's upper entries, so the entry that maps the kernel image (511)
+// is the same physical address in all of them: scan all pages for a
+// plausible entry 511, group pages by it, and try the largest groups.
+func locateByScan(mem guestmem.Memory) (*Location, error) {
+	ranges := mem.Ranges()
+	inRAM := func(p uint64) bool {
+		for _, r := range ranges {
+			if p >= r.Start && p < r.End {
+				return true
+			}
+		}
+		return false
+	}
+	groups := map[uint64][]uint64{}
+	n := 0
+	const chunk = 1 << 20
+	buf := make([]byte, chunk)
+	direct, _ := mem.(guestmem.Direct)
+	for _, r := range ranges {
+		for base := r.Start &^ (x86.PageSize4K - 1); base < r.End && n < maxRootCandidates; base += chunk {
+			size := uint64(chunk)
+			if base+size > r.End {
+				size = (r.End - base) &^ (x86.PageSize4K - 1)
+			}
+			if size == 0 || base < r.Start {
+				continue
+			}
+			var b []byte
+			if direct != nil {
+				b, _ = direct.Slice(base, int(size))
+			}
+			if b == nil {
+				if _, err := mem.ReadAt(buf[:size], int64(base)); err != nil {
+					continue
+				}
+				b = buf[:size]
+			}
+			for off := uint64(0); off+x86.PageSize4K <= size; off += x86.PageSize4K {
+				e := binary.LittleEndian.Uint64(b[off+0xff8:])
+				if e&1 == 0 || e&(1<<7) != 0 || e&0x7ff0000000000000 != 0 {
+					continue
+				}
+				t := e & 0x000ffffffffff000
+				if t == base+off || !inRAM(t) {
+					continue
+				}
+				groups[t] = append(groups[t], base+off)
+				n++
+			}
+		}
+	}
+	type group struct {
+		pud   uint64
+		roots []uint64
+	}
+	gs := make([]group, 0, len(groups))
+	for k, v := range groups {
+		gs = append(gs, group{k, v})
+	}
+	sort.Slice(gs, func(i, j int) bool {
+		if len(gs[i].roots) != len(gs[j].roots) {
+			return len(gs[i].roots) > len(gs[j].roots)
+		}
+		return gs[i].pud < gs[j].pud
+	})
+	// Under PTI the user copies of the top-level tables share an entry 511
+	// too, but map only the kernel's entry text: of the groups that map an
+	// image, take the one that maps the most of it.
+	var best *Location
+	var lastErr error = errors.New("no page table maps a kernel image")
+	for i, g := range gs {
+		if i >= 64 {
+			break
+		}
+		for _, levels := range []int{4, 5} {
+			l, err := imageMapping(mem, g.roots[0], levels)
+			if err != nil {
+				lastErr = err
+				continue
+			}
+			if l.Present >= 2 && (best == nil || l.Present > best.Present) {
+				best = l
+			}
+		}
+	}
+	if best != nil {
+		best.Source = "page table scan"
+		return best, nil
+	}
+	return nil, fmt.Errorf("no Linux kernel found in %s of guest memory: %w", humanBytes(guestmem.TotalSize(ranges)), lastErr)
+}
+
+func humanBytes(n uint64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%d bytes", n)
+}

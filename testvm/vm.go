@@ -1,0 +1,417 @@
+package testvm
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"github.com/vmwatch/vmwatch/hv/qmp"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Config describes a test guest.
+type Config struct {
+	Kernel   *Kernel
+	Name     string // used in paths; default "guest"
+	MemoryMB int    // default 512
+	CPUs     int    // default 1
+	Machine  string // default "q35"
+	CPUModel string // default QEMU's (qemu64); "max" offers LA57 (5-level paging)
+	// MemFile, when set, backs guest RAM with this file (memory-backend-file,
+	// share=on), e.g. /dev/shm/vmwatch-NAME.
+	MemFile string
+	Modules []string // default: dummy, loop
+	// Files are extra files for the initramfs (path -> content, mode 0755).
+	Files map[string][]byte
+	// InitExtra is shell run by /init after the standard workload starts.
+	InitExtra string
+	// Dir holds sockets, logs and the initramfs; default: a new temp dir.
+	Dir string
+	// Accel is "tcg", "kvm" or "" (probe: KVM when it boots, else TCG).
+	Accel string
+	// BootTimeout bounds the wait for the serial shell (default 90 s).
+	BootTimeout time.Duration
+	// Detach lets QEMU outlive this process (for `make demo`); stop it with
+	// StopDir.
+	Detach bool
+}
+
+// VM is a running test guest.
+type VM struct {
+	Config
+	QMPPath string
+	// ControlPath is a second QMP socket for the test harness, so that a
+	// test can pause or dump the guest while vmwatch holds QMPPath.
+	ControlPath string
+	SerialPath  string
+	ConsoleLog  string
+	Accel       string
+	cmd         *exec.Cmd
+	exited      chan struct{}
+	shell       *Shell
+	ownDir      bool
+}
+
+// DefaultModules are loaded by every test guest: real modules of the
+// kernel package under test.
+var DefaultModules = []string{"dummy", "loop"}
+
+// The init script: mount the usual file systems, load the modules, start a
+// known workload (TCP listeners, a UDP socket, an established TCP
+// connection, sleepers), then keep a shell on ttyS0 for the tests. The
+// kernel console is ttyS1 (a log file) so it never mixes with the shell.
+const initScript = `#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
+hostname vmwatch-guest
+for m in /lib/modules/*.ko; do insmod "$m" || echo "insmod $m failed"; done
+ip link set lo up
+ip link add dummy0 type dummy 2>/dev/null
+ip addr add 10.99.0.1/24 dev dummy0 2>/dev/null
+ip link set dummy0 up 2>/dev/null
+# workload: TCP listeners, a UDP socket, an established connection, sleepers
+mkdir -p /srv/www /var/lib/misc && echo vmwatch > /srv/www/index.html
+nc -ll -p 8080 -e /bin/cat &
+httpd -p 8081 -h /srv/www
+touch /var/lib/misc/udhcpd.leases
+printf 'interface dummy0\nstart 10.99.0.10\nend 10.99.0.20\n' > /etc/udhcpd.conf
+udhcpd /etc/udhcpd.conf
+sleep 1000000 | nc 127.0.0.1 8080 &
+sleep 1000001 &
+sleep 1000002 &
+%s
+# the test shell: ignore modem lines so a host disconnect does not hang up the tty
+stty -F /dev/ttyS0 clocal -hupcl -echo
+echo "vmwatch-guest ready" > /dev/console
+while true; do
+	# a pipe, not the tty, as stdin: the shell is not interactive (no prompt, no echo)
+	setsid sh -c 'cat /dev/ttyS0 | sh >/dev/ttyS0 2>&1'
+done
+`
+
+// Start boots a guest and waits until its shell answers.
+func Start(ctx context.Context, cfg Config) (*VM, error) {
+	if cfg.Kernel == nil {
+		return nil, errors.New("testvm: no kernel")
+	}
+	if cfg.Name == "" {
+		cfg.Name = "guest"
+	}
+	if cfg.MemoryMB == 0 {
+		cfg.MemoryMB = 512
+	}
+	if cfg.CPUs == 0 {
+		cfg.CPUs = 1
+	}
+	if cfg.Machine == "" {
+		cfg.Machine = "q35"
+	}
+	if cfg.Modules == nil {
+		cfg.Modules = DefaultModules
+	}
+	if cfg.BootTimeout == 0 {
+		cfg.BootTimeout = 90 * time.Second
+	}
+	vm := &VM{Config: cfg}
+	if vm.Dir == "" {
+		d, err := os.MkdirTemp("", "vmwatch-"+cfg.Name+"-")
+		if err != nil {
+			return nil, err
+		}
+		vm.Dir, vm.ownDir = d, true
+	}
+	vm.QMPPath = filepath.Join(vm.Dir, "qmp.sock")
+	vm.ControlPath = filepath.Join(vm.Dir, "control.sock")
+	vm.SerialPath = filepath.Join(vm.Dir, "shell.sock")
+	vm.ConsoleLog = filepath.Join(vm.Dir, "console.log")
+	initrd := filepath.Join(vm.Dir, "initrd.cpio")
+	err := BuildInitramfs(initrd, InitramfsSpec{
+		Kernel: cfg.Kernel, Modules: cfg.Modules, Files: cfg.Files,
+		Init: fmt.Sprintf(initScript, cfg.InitExtra),
+	})
+	if err != nil {
+		return nil, err
+	}
+	if cfg.MemFile != "" {
+		os.WriteFile(filepath.Join(vm.Dir, "memfile"), []byte(cfg.MemFile+"\n"), 0o644)
+	}
+	accel := cfg.Accel
+	if accel == "" {
+		accel = os.Getenv("VMWATCH_ACCEL")
+	}
+	if accel == "" {
+		accel = probeAccel(ctx, cfg.Kernel)
+	}
+	if err := vm.boot(ctx, accel, initrd); err != nil {
+		vm.Stop()
+		return nil, err
+	}
+	return vm, nil
+}
+
+func (vm *VM) qemuArgs(accel, initrd string) []string {
+	machine := vm.Machine
+	args := []string{
+		"-name", vm.Name,
+		"-accel", accel,
+		"-smp", strconv.Itoa(vm.CPUs),
+		"-m", fmt.Sprintf("%dM", vm.MemoryMB),
+		"-kernel", vm.Kernel.Vmlinuz,
+		"-initrd", initrd,
+		"-append", "console=ttyS1 panic=-1 loglevel=7",
+		"-display", "none", "-nodefaults", "-no-reboot",
+		"-qmp", "unix:" + vm.QMPPath + ",server=on,wait=off",
+		"-qmp", "unix:" + vm.ControlPath + ",server=on,wait=off",
+		"-serial", "unix:" + vm.SerialPath + ",server=on,wait=off",
+		"-serial", "file:" + vm.ConsoleLog,
+		"-pidfile", filepath.Join(vm.Dir, "qemu.pid"),
+	}
+	if vm.CPUModel != "" {
+		args = append(args, "-cpu", vm.CPUModel)
+	}
+	if vm.MemFile != "" {
+		args = append(args, "-object", fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=on", vm.MemoryMB, vm.MemFile))
+		machine += ",memory-backend=mem"
+	}
+	return append(args, "-machine", machine)
+}
+
+func (vm *VM) boot(ctx context.Context, accel, initrd string) error {
+	vm.Accel = accel
+	vm.cmd = exec.Command("qemu-system-x86_64", vm.qemuArgs(accel, initrd)...)
+	logf, err := os.Create(filepath.Join(vm.Dir, "qemu.log"))
+	if err != nil {
+		return err
+	}
+	vm.cmd.Stdout, vm.cmd.Stderr = logf, logf
+	vm.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if !vm.Detach {
+		vm.cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
+	if err := vm.cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start qemu-system-x86_64 (apt-get install qemu-system-x86): %w", err)
+	}
+	vm.exited = make(chan struct{})
+	go func() { vm.cmd.Wait(); logf.Close(); close(vm.exited) }()
+	deadline := time.Now().Add(vm.BootTimeout)
+	for {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("guest %s (%s, %s) did not boot within %v; console: %s", vm.Name, vm.Kernel.Release, accel, vm.BootTimeout, vm.consoleTail())
+		}
+		select {
+		case <-vm.exited:
+			b, _ := os.ReadFile(filepath.Join(vm.Dir, "qemu.log"))
+			return fmt.Errorf("qemu exited during boot: %s; console: %s", strings.TrimSpace(string(b)), vm.consoleTail())
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+		if vm.shell == nil {
+			sh, err := DialShell(vm.SerialPath)
+			if err != nil {
+				continue
+			}
+			vm.shell = sh
+		}
+		if _, err := vm.shell.Run("echo ok", 2*time.Second); err == nil {
+			return nil
+		}
+	}
+}
+
+func (vm *VM) consoleTail() string {
+	b, _ := os.ReadFile(vm.ConsoleLog)
+	s := string(b)
+	if len(s) > 2000 {
+		s = s[len(s)-2000:]
+	}
+	return s
+}
+
+// PID is the QEMU process id.
+func (vm *VM) PID() int {
+	if vm.cmd == nil || vm.cmd.Process == nil {
+		return 0
+	}
+	return vm.cmd.Process.Pid
+}
+
+// Run runs a shell command in the guest and returns its output (stdout and
+// stderr). A non-zero exit status is an error that carries the output.
+func (vm *VM) Run(command string) (string, error) {
+	return vm.RunTimeout(command, 30*time.Second)
+}
+
+// RunTimeout is Run with a deadline.
+func (vm *VM) RunTimeout(command string, d time.Duration) (string, error) {
+	if vm.shell == nil {
+		return "", errors.New("guest shell not connected")
+	}
+	return vm.shell.Run(command, d)
+}
+
+// Stop kills QEMU and removes the guest's directory and memory file.
+func (vm *VM) Stop() {
+	if vm.shell != nil {
+		vm.shell.Close()
+	}
+	if vm.cmd != nil && vm.cmd.Process != nil {
+		vm.cmd.Process.Kill()
+		<-vm.exited
+	}
+	if vm.MemFile != "" {
+		os.Remove(vm.MemFile)
+	}
+	if vm.ownDir {
+		os.RemoveAll(vm.Dir)
+	}
+}
+
+// Release disconnects from a detached guest and leaves it running.
+func (vm *VM) Release() {
+	if vm.shell != nil {
+		vm.shell.Close()
+	}
+	if vm.cmd != nil && vm.cmd.Process != nil {
+		vm.cmd.Process.Release()
+	}
+}
+
+// StopDir stops a detached guest by its directory (the QEMU pid file).
+func StopDir(dir string) error {
+	b, err := os.ReadFile(filepath.Join(dir, "qemu.pid"))
+	if err != nil {
+		return fmt.Errorf("no running guest in %s: %w", dir, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return fmt.Errorf("bad pid file in %s: %w", dir, err)
+	}
+	if p, err := os.FindProcess(pid); err == nil {
+		p.Signal(syscall.SIGTERM)
+		for i := 0; i < 50 && p.Signal(syscall.Signal(0)) == nil; i++ {
+			time.Sleep(100 * time.Millisecond)
+		}
+		p.Signal(syscall.SIGKILL)
+	}
+	if mf, err := os.ReadFile(filepath.Join(dir, "memfile")); err == nil {
+		os.Remove(strings.TrimSpace(string(mf)))
+	}
+	return os.RemoveAll(dir)
+}
+
+// Shell is the serial shell of a guest.
+type Shell struct {
+	conn net.Conn
+	mu   sync.Mutex
+	buf  strings.Builder
+	cond *sync.Cond
+	seq  int
+	err  error
+}
+
+// DialShell connects to a guest's serial shell socket.
+func DialShell(path string) (*Shell, error) {
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	s := &Shell{conn: c}
+	s.cond = sync.NewCond(&s.mu)
+	go func() {
+		r := bufio.NewReader(c)
+		b := make([]byte, 4096)
+		for {
+			n, err := r.Read(b)
+			s.mu.Lock()
+			s.buf.Write(b[:n])
+			if err != nil {
+				s.err = err
+			}
+			s.cond.Broadcast()
+			s.mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return s, nil
+}
+
+// Run sends one command and waits for its end marker.
+func (s *Shell) Run(command string, d time.Duration) (string, error) {
+	s.mu.Lock()
+	s.seq++
+	id := fmt.Sprintf("%d-%d", time.Now().UnixNano()%1e9, s.seq)
+	s.buf.Reset()
+	s.mu.Unlock()
+	begin, end := "__VMW_BEGIN_"+id+"__", "__VMW_END_"+id+"__"
+	// QEMU's UART holds the last bytes of a short input in its receive FIFO
+	// until more arrive; blank lines behind the command push it through.
+	line := fmt.Sprintf("echo %s; ( %s ) 2>&1; echo \"%s $?\"\n%s", begin, command, end, strings.Repeat("\n", 32))
+	if _, err := s.conn.Write([]byte(line)); err != nil {
+		return "", err
+	}
+	endRE := regexp.MustCompile(regexp.QuoteMeta(end) + ` (\d+)\r?\n`)
+	timer := time.AfterFunc(d, func() { s.mu.Lock(); s.cond.Broadcast(); s.mu.Unlock() })
+	defer timer.Stop()
+	deadline := time.Now().Add(d)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		out := s.buf.String()
+		if m := endRE.FindStringSubmatchIndex(out); m != nil {
+			bi := strings.Index(out, begin)
+			if bi < 0 {
+				return "", fmt.Errorf("guest shell: end marker without begin for %q", command)
+			}
+			body := out[bi+len(begin) : m[0]]
+			body = strings.TrimLeft(body, "\r\n")
+			body = strings.ReplaceAll(body, "\r\n", "\n")
+			rc, _ := strconv.Atoi(out[m[2]:m[3]])
+			if rc != 0 {
+				return body, fmt.Errorf("guest command %q exited %d: %s", command, rc, strings.TrimSpace(body))
+			}
+			return body, nil
+		}
+		if s.err != nil {
+			return "", fmt.Errorf("guest shell: %w", s.err)
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("guest command %q: no answer within %v", command, d)
+		}
+		s.cond.Wait()
+	}
+}
+
+// Close disconnects from the serial port (the guest shell stays up).
+func (s *Shell) Close() error { return s.conn.Close() }
+
+// QMP runs one command on the guest's control socket and returns its
+// answer.
+func (vm *VM) QMP(command string, args any) (json.RawMessage, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	c, err := qmp.Dial(ctx, vm.ControlPath)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	return c.Run(ctx, command, args)
+}
