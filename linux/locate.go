@@ -229,7 +229,7 @@ func locateByScan(mem guestmem.Memory) (*Location, error) {
 		best.Source = "page table scan"
 		return best, nil
 	}
-	return nil, fmt.Errorf("no Linux kernel found in %s of guest memory: %w", humanBytes(guestmem.TotalSize(ranges)), lastErr)
+	return nil, fmt.Errorf("no Linux kernel found in %s of guest memory (%v): is this the memory of an x86-64 Linux guest? (for a memory file, --machine must match the VM's machine type)", humanBytes(guestmem.TotalSize(ranges)), lastErr)
 }
 
 func humanBytes(n uint64) string {
