@@ -324,3 +324,36 @@ func TestInfo(t *testing.T) {
 		}
 	})
 }
+
+// TestPause: --pause stops the VM around the read, reports for how long,
+// and leaves it running afterwards; a VM that was already paused stays so.
+func TestPause(t *testing.T) {
+	vm := standard(t, "6.12")
+	var info struct {
+		PausedMs *float64 `json:"paused_ms"`
+	}
+	vmwatchJSON(t, &info, "info", "--pause", "-t", "qmp:"+vm.QMPPath)
+	if info.PausedMs == nil || *info.PausedMs <= 0 || *info.PausedMs > 10000 {
+		t.Errorf("paused_ms %v", info.PausedMs)
+	}
+	st, err := vm.QMP("query-status", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(st), `"running": true`) && !strings.Contains(string(st), `"running":true`) {
+		t.Errorf("VM not running after --pause: %s", st)
+	}
+	if _, err := vm.QMP("stop", nil); err != nil {
+		t.Fatal(err)
+	}
+	defer vm.QMP("cont", nil)
+	vmwatch(t, "ps", "--pause", "-t", "qmp:"+vm.QMPPath)
+	st, _ = vm.QMP("query-status", nil)
+	if !strings.Contains(string(st), `"paused"`) {
+		t.Errorf("a VM paused before vmwatch ran was resumed: %s", st)
+	}
+	// --pause needs QMP
+	if _, stderr, err := vmwatchRun("ps", "--pause", "-t", "memfile:"+vm.MemFile); err == nil || !strings.Contains(string(stderr), "QMP") {
+		t.Errorf("--pause on a memory file: %v %s", err, stderr)
+	}
+}

@@ -337,3 +337,11 @@ func (k *Kernel) Uint64(va uint64) (uint64, error) { return k.AS.Uint64(va) }
 
 // Flush drops cached page tables; call it between reads of a running guest.
 func (k *Kernel) Flush() { k.AS.Flush() }
+
+// BTF returns the kernel's BTF, or nil when types came from elsewhere.
+func (k *Kernel) BTF() *btf.Spec {
+	if b, ok := k.Types.(*btfTypes); ok {
+		return b.spec
+	}
+	return nil
+}

@@ -374,9 +374,18 @@ func (s *Shell) Run(command string, d time.Duration) (string, error) {
 	deadline := time.Now().Add(d)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	scanned := 0 // the end marker is looked for only in new output
 	for {
 		out := s.buf.String()
-		if m := endRE.FindStringSubmatchIndex(out); m != nil {
+		from := scanned - len(end) - 32
+		if from < 0 {
+			from = 0
+		}
+		scanned = len(out)
+		if m := endRE.FindStringSubmatchIndex(out[from:]); m != nil {
+			for i := range m {
+				m[i] += from
+			}
 			bi := strings.Index(out, begin)
 			if bi < 0 {
 				return "", fmt.Errorf("guest shell: end marker without begin for %q", command)
