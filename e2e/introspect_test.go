@@ -357,3 +357,22 @@ func TestPause(t *testing.T) {
 		t.Errorf("--pause on a memory file: %v %s", err, stderr)
 	}
 }
+
+// TestFiveLevelPaging: a guest on a CPU with LA57 uses 5-level paging; the
+// kernel is found from the registers and from memory alone.
+func TestFiveLevelPaging(t *testing.T) {
+	vm := guest(t, "la57-6.12", func(k *testvm.Kernel) testvm.Config {
+		return testvm.Config{CPUModel: "max"}
+	}, "6.12")
+	for _, tg := range []string{"qmp:" + vm.QMPPath, "pid:" + strconv.Itoa(vm.PID())} {
+		var info struct {
+			Levels  int    `json:"paging_levels"`
+			FoundBy string `json:"found_by"`
+		}
+		vmwatchJSON(t, &info, "info", "-t", tg)
+		if info.Levels != 5 {
+			t.Errorf("%s: %d paging levels (found by %s), want 5", tg, info.Levels, info.FoundBy)
+		}
+		checkPS(t, vm, tg)
+	}
+}

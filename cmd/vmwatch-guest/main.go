@@ -29,6 +29,7 @@ func main() {
 	mem := fs.Int("memory", 512, "guest memory in MiB")
 	memfile := fs.String("memfile", "", "back guest RAM with this shared file (e.g. /dev/shm/vmwatch-demo)")
 	name := fs.String("name", "demo", "guest name")
+	cpu := fs.String("cpu", "", "QEMU CPU model (\"max\" offers 5-level paging)")
 	fs.Parse(os.Args[2:])
 	switch os.Args[1] {
 	case "start":
@@ -36,7 +37,7 @@ func main() {
 		check(err)
 		check(os.MkdirAll(*dir, 0o755))
 		vm, err := testvm.Start(context.Background(), testvm.Config{
-			Kernel: k, Name: *name, MemoryMB: *mem, MemFile: *memfile, Dir: *dir, Detach: true,
+			Kernel: k, Name: *name, MemoryMB: *mem, MemFile: *memfile, Dir: *dir, Detach: true, CPUModel: *cpu,
 		})
 		check(err)
 		fmt.Printf("guest %s running: kernel %s, %d MiB, %s, QEMU pid %d\n", *name, k.Release, *mem, vm.Accel, vm.PID())
