@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/vmwatch/vmwatch/testvm"
@@ -72,6 +73,7 @@ func compareSources(t *testing.T, vm *testvm.VM) {
 		{"raw", "dump:" + rawPath, "raw"},
 		{"lime", "dump:" + limePath, "LiME"},
 	}
+	blocksBefore := allocatedBlocks(t, vm.MemFile)
 	ref := map[string][]byte{}
 	for _, tg := range targets {
 		args := strings.Fields(tg.target)
@@ -102,6 +104,18 @@ func compareSources(t *testing.T, vm *testvm.VM) {
 			}
 		}
 	}
+	// reading must not allocate the holes of the guest's memory file
+	if after := allocatedBlocks(t, vm.MemFile); after != blocksBefore {
+		t.Errorf("the memory file grew from %d to %d allocated blocks while vmwatch read it", blocksBefore, after)
+	}
+}
+
+func allocatedBlocks(t *testing.T, path string) int64 {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks
 }
 
 func mustJSON(t *testing.T, v any) []byte {

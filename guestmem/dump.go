@@ -58,7 +58,12 @@ func OpenDump(path string) (*DumpFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open dump: %w", err)
 	}
-	defer f.Close()
+	keep := false
+	defer func() {
+		if !keep {
+			f.Close()
+		}
+	}()
 	st, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("open dump: %w", err)
@@ -74,11 +79,15 @@ func OpenDump(path string) (*DumpFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("map dump %s: %w", path, err)
 	}
-	closer := func() error { return unix.Munmap(data) }
+	closer := func() error { f.Close(); return unix.Munmap(data) }
 	d, err := ParseDump(path, data, closer)
 	if err != nil {
-		closer()
+		unix.Munmap(data)
 		return nil, err
+	}
+	keep = true
+	for i := range d.segs {
+		d.segs[i].File = f // sparse dumps: skip holes when scanning
 	}
 	return d, nil
 }

@@ -11,7 +11,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sort"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrNotMapped is returned (wrapped) for reads of guest physical addresses that
@@ -65,6 +68,11 @@ type Segment struct {
 	// Data, when set, is the backing as a byte slice (a mapped file); it takes
 	// precedence over Backing for reads and enables Direct.
 	Data []byte
+	// File, when set, is the file behind Data (file offset = Offset), used
+	// to find holes (SEEK_DATA/SEEK_HOLE): a scan must not fault in the holes
+	// of a sparse file, which on tmpfs would allocate them. The source's
+	// closer closes it.
+	File *os.File
 }
 
 // SegmentMap is a Memory made of segments. Every source in this package
@@ -154,6 +162,72 @@ func (m *SegmentMap) Slice(phys uint64, n int) ([]byte, bool) {
 	return s.Data[pos : pos+uint64(n) : pos+uint64(n)], true
 }
 
+// Releaser is implemented by sources that map memory: Release drops the
+// pages of a range from this process's mapping (they stay in the file), so
+// that a scan does not grow the resident set.
+type Releaser interface {
+	Release(phys uint64, n int)
+}
+
+// Release implements Releaser for mapped segments.
+func (m *SegmentMap) Release(phys uint64, n int) {
+	for _, s := range m.segs {
+		lo, hi := max(s.Start, phys), min(s.End, phys+uint64(n))
+		if s.Data == nil || lo >= hi {
+			continue
+		}
+		a := (s.Offset + lo - s.Start + 4095) &^ 4095
+		b := (s.Offset + hi - s.Start) &^ 4095
+		if a < b && b <= uint64(len(s.Data)) {
+			unix.Madvise(s.Data[a:b], unix.MADV_DONTNEED)
+		}
+	}
+}
+
+// Extents is implemented by sources that know which parts of guest memory
+// were never written (holes of a sparse file): scans skip them.
+type Extents interface {
+	DataExtents(r Range) []Range
+}
+
+// maxExtents bounds the extent list of one range.
+const maxExtents = 1 << 20
+
+// DataExtents returns the parts of r that may hold data: all of it, except
+// holes of file-backed segments.
+func (m *SegmentMap) DataExtents(r Range) []Range {
+	var out []Range
+	for _, s := range m.segs {
+		lo, hi := max(s.Start, r.Start), min(s.End, r.End)
+		if lo >= hi {
+			continue
+		}
+		if s.File == nil {
+			out = append(out, Range{lo, hi})
+			continue
+		}
+		fd := int(s.File.Fd())
+		base := int64(s.Offset) - int64(s.Start) // file offset = phys + base
+		pos, end := int64(lo)+base, int64(hi)+base
+		for pos < end && len(out) < maxExtents {
+			d, err := unix.Seek(fd, pos, unix.SEEK_DATA)
+			if err != nil || d >= end {
+				break // ENXIO: no data after pos
+			}
+			h, err := unix.Seek(fd, d, unix.SEEK_HOLE)
+			if err != nil || h > end {
+				h = end
+			}
+			out = append(out, Range{uint64(d - base), uint64(h - base)})
+			pos = h
+		}
+		if len(out) >= maxExtents {
+			return []Range{r}
+		}
+	}
+	return out
+}
+
 // Ranges returns the ranges of all segments, adjacent ones merged.
 func (m *SegmentMap) Ranges() []Range {
 	var out []Range
@@ -175,10 +249,10 @@ func (m *SegmentMap) Describe() string { return m.desc }
 
 // Close releases the source.
 func (m *SegmentMap) Close() error {
-	if m.closer == nil {
-		return nil
+	var err error
+	if m.closer != nil {
+		err = m.closer()
+		m.closer = nil
 	}
-	c := m.closer
-	m.closer = nil
-	return c()
+	return err
 }

@@ -74,14 +74,15 @@ func OpenQEMUProcessLayout(pid int, machine string, ramSize uint64, opt ProcessO
 
 func openProcessParts(pid int, mp Mapping, parts []LayoutPart, opt ProcessOptions) (*SegmentMap, error) {
 	var data []byte
+	var file *os.File
 	var closer func() error
 	desc := fmt.Sprintf("QEMU process %d (process_vm_readv, RAM at %#x)", pid, mp.Start)
 	var pr *processReader
 	if !opt.NoDirect && mp.IsFileBacked() {
-		d, err := mapProcessFile(pid, mp)
+		d, f, err := mapProcessFile(pid, mp)
 		if err == nil {
-			data = d
-			closer = func() error { return unix.Munmap(d) }
+			data, file = d, f
+			closer = func() error { f.Close(); return unix.Munmap(d) }
 			desc = fmt.Sprintf("QEMU process %d (shared memory %s, mapped read-only)", pid, strings.TrimSuffix(mp.Path, " (deleted)"))
 		}
 	}
@@ -97,6 +98,9 @@ func openProcessParts(pid int, mp Mapping, parts []LayoutPart, opt ProcessOption
 		s := Segment{Range: Range{p.Phys, p.Phys + p.Size}, Offset: p.FileOffset}
 		if data != nil {
 			s.Data = data
+			if mp.Offset == 0 {
+				s.File = file // file offsets equal mapping offsets: holes can be found
+			}
 		} else {
 			s.Backing = pr
 		}
@@ -128,14 +132,18 @@ func blockMatches(block, region string) bool {
 
 // mapProcessFile maps the file behind another process's mapping through
 // /proc/PID/map_files, read-only.
-func mapProcessFile(pid int, m Mapping) ([]byte, error) {
+func mapProcessFile(pid int, m Mapping) ([]byte, *os.File, error) {
 	p := fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, m.Start, m.End)
 	f, err := os.Open(p)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	defer f.Close()
-	return unix.Mmap(int(f.Fd()), int64(m.Offset), int(m.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	d, err := unix.Mmap(int(f.Fd()), int64(m.Offset), int(m.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return d, f, nil
 }
 
 // processReader reads another process's memory at base+off.
@@ -229,13 +237,14 @@ func OpenMemFile(path string, layout []LayoutPart) (*SegmentMap, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open memory file: %w", err)
 	}
-	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
+		f.Close()
 		return nil, err
 	}
 	size := uint64(st.Size())
 	if size == 0 {
+		f.Close()
 		return nil, fmt.Errorf("memory file %s is empty", path)
 	}
 	var need uint64
@@ -245,16 +254,18 @@ func OpenMemFile(path string, layout []LayoutPart) (*SegmentMap, error) {
 		}
 	}
 	if need > size {
-		return nil, fmt.Errorf("memory file %s has %d bytes; the layout needs %d", path, size, need)
+		f.Close()
+		return nil, fmt.Errorf("memory file %s has %d bytes; the layout needs %d (wrong --machine?)", path, size, need)
 	}
 	data, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
+		f.Close()
 		return nil, fmt.Errorf("map memory file %s: %w", path, err)
 	}
 	segs := make([]Segment, 0, len(layout))
 	sort.Slice(layout, func(i, j int) bool { return layout[i].Phys < layout[j].Phys })
 	for _, p := range layout {
-		segs = append(segs, Segment{Range: Range{p.Phys, p.Phys + p.Size}, Data: data, Offset: p.FileOffset})
+		segs = append(segs, Segment{Range: Range{p.Phys, p.Phys + p.Size}, Data: data, Offset: p.FileOffset, File: f})
 	}
-	return NewSegmentMap("memory file "+path+" (mapped read-only)", segs, func() error { return unix.Munmap(data) })
+	return NewSegmentMap("memory file "+path+" (mapped read-only)", segs, func() error { f.Close(); return unix.Munmap(data) })
 }

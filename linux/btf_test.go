@@ -64,7 +64,7 @@ func TestFindBTFAndTypes(t *testing.T) {
 	// typed reads from a buffer
 	buf := make([]byte, 48)
 	binary.LittleEndian.PutUint32(buf[4:], 0xfffffffe) // pid -2
-	buf[8] = 5 | 17<<3                                  // prio 5, policy 17
+	buf[8] = 5 | 17<<3                                 // prio 5, policy 17
 	copy(buf[16:], "swapper/0\x00junk")
 	binary.LittleEndian.PutUint64(buf[32:], 0xffff888000001000)
 	v := Value{Type: task, buf: buf}

@@ -138,6 +138,10 @@ func locateFromRegisters(mem guestmem.Memory, cpus []guestmem.CPUState) (*Locati
 // maxRootCandidates bounds the page-table scan.
 const maxRootCandidates = 1 << 16
 
+// enoughRoots ends the scan early: that many tables sharing one kernel
+// entry are the kernel's (and, with PTI, their user copies grow alongside).
+const enoughRoots = 16
+
 // locateByScan finds the kernel's page tables from physical memory alone.
 // Every top-level table of the kernel and of each process shares the
 // kernel's upper entries, so the entry that maps the kernel image (511)
@@ -155,11 +159,21 @@ func locateByScan(mem guestmem.Memory) (*Location, error) {
 	}
 	groups := map[uint64][]uint64{}
 	n := 0
+	enough := false // some group has enoughRoots members: stop scanning
 	const chunk = 1 << 20
 	buf := make([]byte, chunk)
 	direct, _ := mem.(guestmem.Direct)
-	for _, r := range ranges {
-		for base := r.Start &^ (x86.PageSize4K - 1); base < r.End && n < maxRootCandidates; base += chunk {
+	scan := ranges
+	if ex, ok := mem.(guestmem.Extents); ok {
+		// skip never-written holes of sparse files (and do not fault them in)
+		scan = nil
+		for _, r := range ranges {
+			scan = append(scan, ex.DataExtents(r)...)
+		}
+	}
+	release, _ := mem.(guestmem.Releaser)
+	for _, r := range scan {
+		for base := r.Start &^ (x86.PageSize4K - 1); base < r.End && n < maxRootCandidates && !enough; base += chunk {
 			size := uint64(chunk)
 			if base+size > r.End {
 				size = (r.End - base) &^ (x86.PageSize4K - 1)
@@ -179,15 +193,30 @@ func locateByScan(mem guestmem.Memory) (*Location, error) {
 			}
 			for off := uint64(0); off+x86.PageSize4K <= size; off += x86.PageSize4K {
 				e := binary.LittleEndian.Uint64(b[off+0xff8:])
-				if e&1 == 0 || e&(1<<7) != 0 || e&0x7ff0000000000000 != 0 {
+				// a kernel table entry: present and accessed, no large
+				// page, no cache-control bits, no high flag bits
+				if e&0x21 != 0x21 || e&0x98 != 0 || e&0x7ff0000000000000 != 0 {
 					continue
 				}
 				t := e & 0x000ffffffffff000
-				if t == base+off || !inRAM(t) {
+				// the first MiB holds the real-mode trampoline's tables,
+				// which map a part of the kernel in their own way
+				if t == base+off || !inRAM(t) || base+off < 1<<20 {
 					continue
 				}
 				groups[t] = append(groups[t], base+off)
 				n++
+				if len(groups[t]) == enoughRoots {
+					// many tables share this entry; stop if it maps a kernel
+					for _, levels := range []int{4, 5} {
+						if l, err := imageMapping(mem, base+off, levels); err == nil && l.Present >= 2 {
+							enough = true
+						}
+					}
+				}
+			}
+			if release != nil && direct != nil {
+				release.Release(base, int(size)) // keep the scan out of our RSS
 			}
 		}
 	}
@@ -211,17 +240,26 @@ func locateByScan(mem guestmem.Memory) (*Location, error) {
 	var best *Location
 	var lastErr error = errors.New("no page table maps a kernel image")
 	for i, g := range gs {
-		if i >= 64 {
+		if i >= 64 || (enough && len(g.roots) < 2) {
 			break
 		}
-		for _, levels := range []int{4, 5} {
-			l, err := imageMapping(mem, g.roots[0], levels)
-			if err != nil {
-				lastErr = err
-				continue
+		// the guest runs on: a table seen in the scan may be gone already,
+		// so try a few members of the group, in both paging modes, and keep
+		// the reading that maps the most of an image (a 4-level table can
+		// share its kernel entry with a 5-level one)
+		for j, root := range g.roots {
+			if j >= 4 {
+				break
 			}
-			if l.Present >= 2 && (best == nil || l.Present > best.Present) {
-				best = l
+			for _, levels := range []int{4, 5} {
+				l, err := imageMapping(mem, root, levels)
+				if err != nil {
+					lastErr = err
+					continue
+				}
+				if l.Present >= 2 && (best == nil || l.Present > best.Present) {
+					best = l
+				}
 			}
 		}
 	}

@@ -200,9 +200,10 @@ var ErrNoType = errors.New("type not found")
 
 // btfTypes converts BTF (cilium/ebpf) into Types on demand.
 type btfTypes struct {
-	spec   *btf.Spec
-	count  int
-	source string
+	spec      *btf.Spec
+	countOnce sync.Once
+	count     int
+	source    string
 
 	mu        sync.Mutex
 	conv      map[btf.Type]*Type
@@ -211,14 +212,19 @@ type btfTypes struct {
 }
 
 func newBTFTypes(spec *btf.Spec, source string) *btfTypes {
-	n := 0
-	for range spec.All() {
-		n++
-	}
-	return &btfTypes{spec: spec, count: n, source: source, conv: map[btf.Type]*Type{}}
+	return &btfTypes{spec: spec, source: source, conv: map[btf.Type]*Type{}}
 }
 
-func (b *btfTypes) Count() int      { return b.count }
+// Count decodes every type to count them, so it is only done when asked.
+func (b *btfTypes) Count() int {
+	b.countOnce.Do(func() {
+		for range b.spec.All() {
+			b.count++
+		}
+	})
+	return b.count
+}
+
 func (b *btfTypes) Source() string  { return b.source }
 func (b *btfTypes) Spec() *btf.Spec { return b.spec }
 

@@ -1,0 +1,148 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/vmwatch/vmwatch/linux"
+	"github.com/vmwatch/vmwatch/target"
+	"github.com/vmwatch/vmwatch/testvm"
+)
+
+// benchGuests are the guests the benchmarks run on.
+func benchGuests(b *testing.B) []struct {
+	name string
+	vm   *testvm.VM
+} {
+	large := guest(b, "large-6.12", func(k *testvm.Kernel) testvm.Config {
+		return testvm.Config{MemoryMB: 4096, MemFile: fmt.Sprintf("/dev/shm/vmwatch-e2e-%d-large", os.Getpid())}
+	}, "6.12")
+	return []struct {
+		name string
+		vm   *testvm.VM
+	}{
+		{"512MiB-6.1", standard(b, "6.1")},
+		{"512MiB-6.12", standard(b, "6.12")},
+		{"4GiB-6.12", large},
+	}
+}
+
+type benchSource struct {
+	name   string
+	target string
+	opt    target.Options
+}
+
+// benchSources lists the memory sources of a guest; the ELF dump is
+// written once per guest.
+func benchSources(b *testing.B, vm *testvm.VM) []benchSource {
+	dump := filepath.Join(os.TempDir(), fmt.Sprintf("vmwatch-bench-%d-%s.elf", os.Getpid(), vm.Name))
+	if _, err := os.Stat(dump); err != nil {
+		if _, err := vm.QMP("dump-guest-memory", map[string]any{"paging": false, "protocol": "file:" + dump}); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { os.Remove(dump) })
+	}
+	return []benchSource{
+		{"qmp-shared-memory", "qmp:" + vm.QMPPath, target.Options{}},
+		{"qmp-process_vm_readv", "qmp:" + vm.QMPPath, target.Options{NoDirect: true}},
+		{"memfile", "memfile:" + vm.MemFile, target.Options{}},
+		{"elf-dump", "dump:" + dump, target.Options{}},
+	}
+}
+
+// BenchmarkBootstrap: cold start, as the command line does it: open the
+// target, locate the kernel, rebuild kallsyms, load BTF.
+func BenchmarkBootstrap(b *testing.B) {
+	for _, g := range benchGuests(b) {
+		for _, src := range benchSources(b, g.vm) {
+			b.Run(g.name+"/"+src.name, func(b *testing.B) {
+				for i := 0; i < b.N; i++ {
+					tg, err := target.Open(context.Background(), src.target, src.opt)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if _, err := linux.Open(tg.Mem, linux.Options{CPUs: tg.CPUs}); err != nil {
+						b.Fatal(err)
+					}
+					tg.Close()
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkWarm: one view on an already bootstrapped kernel, with the
+// page-table cache dropped before each read (the guest keeps running).
+func BenchmarkWarm(b *testing.B) {
+	views := []struct {
+		name string
+		fn   func(k *linux.Kernel) (int, error)
+	}{
+		{"ps", func(k *linux.Kernel) (int, error) { p, err := k.Processes(linux.PSOptions{}); return len(p), err }},
+		{"lsmod", func(k *linux.Kernel) (int, error) { m, err := k.Modules(); return len(m), err }},
+		{"sockets", func(k *linux.Kernel) (int, error) { s, err := k.Sockets(); return len(s), err }},
+	}
+	for _, g := range benchGuests(b) {
+		for _, src := range benchSources(b, g.vm) {
+			tg, err := target.Open(context.Background(), src.target, src.opt)
+			if err != nil {
+				b.Fatal(err)
+			}
+			k, err := linux.Open(tg.Mem, linux.Options{CPUs: tg.CPUs})
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, v := range views {
+				b.Run(v.name+"/"+g.name+"/"+src.name, func(b *testing.B) {
+					n := 0
+					for i := 0; i < b.N; i++ {
+						k.Flush()
+						if n, err = v.fn(k); err != nil {
+							b.Fatal(err)
+						}
+					}
+					b.ReportMetric(float64(n), "objects")
+				})
+			}
+			tg.Close()
+		}
+	}
+}
+
+// BenchmarkCommand: the whole `vmwatch ps` process, with its peak RSS.
+func BenchmarkCommand(b *testing.B) {
+	for _, g := range benchGuests(b) {
+		for _, src := range benchSources(b, g.vm) {
+			b.Run("ps/"+g.name+"/"+src.name, func(b *testing.B) {
+				// GNU time reports the peak RSS of its child; a child of this
+				// test process would inherit the test's own high-water mark.
+				rssFile := filepath.Join(b.TempDir(), "rss")
+				var maxRSS int64
+				for i := 0; i < b.N; i++ {
+					args := []string{"-f", "%M", "-o", rssFile, vmwatchBin, "ps", "-t", src.target}
+					if src.opt.NoDirect {
+						args = append(args, "--no-direct")
+					}
+					if out, err := exec.Command("/usr/bin/time", args...).CombinedOutput(); err != nil {
+						b.Fatalf("%v: %s", err, out)
+					}
+					kb, err := os.ReadFile(rssFile)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if v, _ := strconv.ParseInt(strings.TrimSpace(string(kb)), 10, 64); v > maxRSS {
+						maxRSS = v
+					}
+				}
+				b.ReportMetric(float64(maxRSS)/1024, "peak-RSS-MiB")
+			})
+		}
+	}
+}
