@@ -162,26 +162,32 @@ func (m *SegmentMap) Slice(phys uint64, n int) ([]byte, bool) {
 	return s.Data[pos : pos+uint64(n) : pos+uint64(n)], true
 }
 
-// Releaser is implemented by sources that map memory: Release drops the
-// pages of a range from this process's mapping (they stay in the file), so
-// that a scan does not grow the resident set.
-type Releaser interface {
-	Release(phys uint64, n int)
+// Streamer is implemented by sources that can read a large range without
+// mapping it into this process (pread on the file behind a mapping): a scan
+// over all of guest memory then costs a copy, not a page fault per page,
+// and does not grow the resident set.
+type Streamer interface {
+	StreamAt(p []byte, phys uint64) error
 }
 
-// Release implements Releaser for mapped segments.
-func (m *SegmentMap) Release(phys uint64, n int) {
-	for _, s := range m.segs {
-		lo, hi := max(s.Start, phys), min(s.End, phys+uint64(n))
-		if s.Data == nil || lo >= hi {
-			continue
-		}
-		a := (s.Offset + lo - s.Start + 4095) &^ 4095
-		b := (s.Offset + hi - s.Start) &^ 4095
-		if a < b && b <= uint64(len(s.Data)) {
-			unix.Madvise(s.Data[a:b], unix.MADV_DONTNEED)
+// StreamAt reads like ReadAt, through the file behind mapped segments.
+func (m *SegmentMap) StreamAt(p []byte, phys uint64) error {
+	i := m.find(phys)
+	if i >= 0 {
+		s := &m.segs[i]
+		if s.File != nil && phys+uint64(len(p)) <= s.End {
+			n, err := s.File.ReadAt(p, int64(s.Offset+phys-s.Start))
+			if n == len(p) {
+				return nil
+			}
+			if err == nil {
+				err = io.ErrUnexpectedEOF
+			}
+			return fmt.Errorf("read physical %#x from %s: %w", phys, m.desc, err)
 		}
 	}
+	_, err := m.ReadAt(p, int64(phys))
+	return err
 }
 
 // Extents is implemented by sources that know which parts of guest memory

@@ -142,6 +142,51 @@ const maxRootCandidates = 1 << 16
 // entry are the kernel's (and, with PTI, their user copies grow alongside).
 const enoughRoots = 16
 
+// initTopPgtWindow is how far into a 2 MiB block the fast scan looks for
+// init_top_pgt.
+const initTopPgtWindow = 256 << 10
+
+// locateInitTopPgt looks for the kernel's own top-level table, init_top_pgt,
+// where the x86-64 linker script puts it: the kernel's data section starts
+// on a 2 MiB boundary (the image is mapped with 2 MiB pages), and the page
+// tables of head_64.S come within its first few hundred KiB, one after the
+// other: init_top_pgt's entry 511 points a few pages further on
+// (level3_kernel_pgt, or level4_kernel_pgt with 5-level paging). Checking
+// one word in the first pages of each 2 MiB block finds it without reading
+// all of memory.
+func locateInitTopPgt(mem guestmem.Memory, scan []guestmem.Range) *Location {
+	var word [8]byte
+	read := func(b []byte, phys uint64) error { _, err := mem.ReadAt(b, int64(phys)); return err }
+	if st, ok := mem.(guestmem.Streamer); ok {
+		read = st.StreamAt // a mapping would keep every page it touched resident
+	}
+	for _, r := range scan {
+		for block := (r.Start + x86.PageSize2M - 1) &^ (x86.PageSize2M - 1); block < r.End; block += x86.PageSize2M {
+			for p := block; p < block+initTopPgtWindow && p+x86.PageSize4K <= r.End; p += x86.PageSize4K {
+				if err := read(word[:], p+0xff8); err != nil {
+					break
+				}
+				e := binary.LittleEndian.Uint64(word[:])
+				t := e & 0x000ffffffffff000
+				if e&0x21 != 0x21 || e&0x98 != 0 || t <= p || t-p > 16*x86.PageSize4K {
+					continue
+				}
+				var best *Location
+				for _, levels := range []int{4, 5} {
+					if l, err := imageMapping(mem, p, levels); err == nil && l.Present >= 2 && (best == nil || l.Present > best.Present) {
+						best = l
+					}
+				}
+				if best != nil {
+					best.Source = "page table scan (init_top_pgt)"
+					return best
+				}
+			}
+		}
+	}
+	return nil
+}
+
 // locateByScan finds the kernel's page tables from physical memory alone.
 // Every top-level table of the kernel and of each process shares the
 // kernel's upper entries, so the entry that maps the kernel image (511)
@@ -162,7 +207,6 @@ func locateByScan(mem guestmem.Memory) (*Location, error) {
 	enough := false // some group has enoughRoots members: stop scanning
 	const chunk = 1 << 20
 	buf := make([]byte, chunk)
-	direct, _ := mem.(guestmem.Direct)
 	scan := ranges
 	if ex, ok := mem.(guestmem.Extents); ok {
 		// skip never-written holes of sparse files (and do not fault them in)
@@ -171,7 +215,13 @@ func locateByScan(mem guestmem.Memory) (*Location, error) {
 			scan = append(scan, ex.DataExtents(r)...)
 		}
 	}
-	release, _ := mem.(guestmem.Releaser)
+	if l := locateInitTopPgt(mem, scan); l != nil {
+		return l, nil
+	}
+	read := func(b []byte, phys uint64) error { _, err := mem.ReadAt(b, int64(phys)); return err }
+	if st, ok := mem.(guestmem.Streamer); ok {
+		read = st.StreamAt
+	}
 	for _, r := range scan {
 		for base := r.Start &^ (x86.PageSize4K - 1); base < r.End && n < maxRootCandidates && !enough; base += chunk {
 			size := uint64(chunk)
@@ -181,15 +231,9 @@ func locateByScan(mem guestmem.Memory) (*Location, error) {
 			if size == 0 || base < r.Start {
 				continue
 			}
-			var b []byte
-			if direct != nil {
-				b, _ = direct.Slice(base, int(size))
-			}
-			if b == nil {
-				if _, err := mem.ReadAt(buf[:size], int64(base)); err != nil {
-					continue
-				}
-				b = buf[:size]
+			b := buf[:size]
+			if err := read(b, base); err != nil {
+				continue
 			}
 			for off := uint64(0); off+x86.PageSize4K <= size; off += x86.PageSize4K {
 				e := binary.LittleEndian.Uint64(b[off+0xff8:])
@@ -214,9 +258,6 @@ func locateByScan(mem guestmem.Memory) (*Location, error) {
 						}
 					}
 				}
-			}
-			if release != nil && direct != nil {
-				release.Release(base, int(size)) // keep the scan out of our RSS
 			}
 		}
 	}
