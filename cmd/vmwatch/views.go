@@ -12,12 +12,26 @@ import (
 	"github.com/vmwatch/vmwatch/linux"
 )
 
-// viewErr keeps partial results: a view that read something but hit an
-// error (a list that changed under us) prints what it has and warns.
-func partial(what string, err error) {
+// readList runs a view that walks a kernel list. A walk that read something
+// but then hit an error (a list that changed under us, or damage) keeps what
+// it has: the view prints it and warns on stderr.
+func readList[T any](cmd *cobra.Command, g *globalFlags, what string, view func(k *linux.Kernel) ([]T, error)) ([]T, error) {
+	var walkErr error
+	v, _, err := withSession(cmd.Context(), g, func(s *session) (any, error) {
+		items, err := view(s.k)
+		if items == nil && err != nil {
+			return nil, err
+		}
+		walkErr = err
+		return items, nil
+	})
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "vmwatch: warning: %s incomplete: %v (retry, or use --pause for an exact snapshot)\n", what, err)
+		return nil, err
 	}
+	if walkErr != nil {
+		fmt.Fprintf(os.Stderr, "vmwatch: warning: %s incomplete: %v (retry, or use --pause for an exact snapshot)\n", what, walkErr)
+	}
+	return v.([]T), nil
 }
 
 func newPsCmd(g *globalFlags) *cobra.Command {
@@ -27,21 +41,13 @@ func newPsCmd(g *globalFlags) *cobra.Command {
 		Short: "List processes (from the kernel's task list)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var walkErr error
-			v, _, err := withSession(cmd.Context(), g, func(s *session) (any, error) {
-				ps, err := s.k.Processes(linux.PSOptions{Threads: threads})
-				if ps == nil && err != nil {
-					return nil, err
-				}
-				walkErr = err
-				linux.SortProcesses(ps)
-				return ps, nil
+			ps, err := readList(cmd, g, "process list", func(k *linux.Kernel) ([]linux.Process, error) {
+				return k.Processes(linux.PSOptions{Threads: threads})
 			})
 			if err != nil {
 				return err
 			}
-			partial("process list", walkErr)
-			ps := v.([]linux.Process)
+			linux.SortProcesses(ps)
 			return emit(os.Stdout, g.output, ps, func(tw *tabwriter.Writer) {
 				if threads {
 					row(tw, "TGID", "PID", "PPID", "UID", "GID", "EUID", "STATE", "START", "COMM", "COMMAND")
@@ -134,20 +140,13 @@ func newPstreeCmd(g *globalFlags) *cobra.Command {
 		Short: "Show processes as a tree of parents and children",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var walkErr error
-			v, _, err := withSession(cmd.Context(), g, func(s *session) (any, error) {
-				ps, err := s.k.Processes(linux.PSOptions{})
-				if ps == nil && err != nil {
-					return nil, err
-				}
-				walkErr = err
-				return buildTree(ps), nil
+			ps, err := readList(cmd, g, "process list", func(k *linux.Kernel) ([]linux.Process, error) {
+				return k.Processes(linux.PSOptions{})
 			})
 			if err != nil {
 				return err
 			}
-			partial("process list", walkErr)
-			roots := v.([]*treeNode)
+			roots := buildTree(ps)
 			if g.output != "table" {
 				return emit(os.Stdout, g.output, roots, nil)
 			}
@@ -186,20 +185,10 @@ func newLsmodCmd(g *globalFlags) *cobra.Command {
 		Short: "List loaded kernel modules (from the kernel's module list)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var walkErr error
-			v, _, err := withSession(cmd.Context(), g, func(s *session) (any, error) {
-				ms, err := s.k.Modules()
-				if ms == nil && err != nil {
-					return nil, err
-				}
-				walkErr = err
-				return ms, nil
-			})
+			ms, err := readList(cmd, g, "module list", (*linux.Kernel).Modules)
 			if err != nil {
 				return err
 			}
-			partial("module list", walkErr)
-			ms := v.([]linux.Module)
 			return emit(os.Stdout, g.output, ms, func(tw *tabwriter.Writer) {
 				row(tw, "MODULE", "SIZE", "REFS", "USED BY", "STATE", "ADDRESS")
 				for _, m := range ms {
@@ -216,20 +205,10 @@ func newSocketsCmd(g *globalFlags) *cobra.Command {
 		Short: "List open sockets with their owning processes",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var walkErr error
-			v, _, err := withSession(cmd.Context(), g, func(s *session) (any, error) {
-				ss, err := s.k.Sockets()
-				if ss == nil && err != nil {
-					return nil, err
-				}
-				walkErr = err
-				return ss, nil
-			})
+			ss, err := readList(cmd, g, "socket list", (*linux.Kernel).Sockets)
 			if err != nil {
 				return err
 			}
-			partial("socket list", walkErr)
-			ss := v.([]linux.Socket)
 			return emit(os.Stdout, g.output, ss, func(tw *tabwriter.Writer) {
 				row(tw, "PROTO", "LOCAL", "REMOTE", "STATE", "INODE", "PIDS")
 				for _, s := range ss {
@@ -276,13 +255,10 @@ func newDmesgCmd(g *globalFlags) *cobra.Command {
 		Short: "Print the kernel log (from the printk ring buffer)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			v, _, err := withSession(cmd.Context(), g, func(s *session) (any, error) {
-				return s.k.Dmesg()
-			})
+			recs, err := readList(cmd, g, "kernel log", (*linux.Kernel).Dmesg)
 			if err != nil {
 				return err
 			}
-			recs := v.([]linux.LogRecord)
 			if tail > 0 && len(recs) > tail {
 				recs = recs[len(recs)-tail:]
 			}
