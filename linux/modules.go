@@ -16,8 +16,15 @@ type Module struct {
 	UsedBy   []string `json:"used_by,omitempty"`
 	// Text is the range of executable memory of the module (for checks
 	// that ask whether an address lies inside a known module).
-	TextSize uint64   `json:"text_size"`
-	Errors   []string `json:"errors,omitempty"`
+	TextSize uint64      `json:"text_size"`
+	Ranges   []AddrRange `json:"memory,omitempty"` // every region of the module's memory
+	Errors   []string    `json:"errors,omitempty"`
+}
+
+// AddrRange is a half-open range of kernel virtual addresses.
+type AddrRange struct {
+	Start Addr `json:"start"`
+	End   Addr `json:"end"`
 }
 
 var moduleStateNames = map[string]string{
@@ -89,6 +96,9 @@ func (k *Kernel) module(v Value) Module {
 			ef := &fields{v: e}
 			size := ef.uint("size")
 			m.Size += size
+			if base := ef.ptr("base"); base != 0 && size != 0 {
+				m.Ranges = append(m.Ranges, AddrRange{Addr(base), Addr(base + size)})
+			}
 			if int64(i) == textIdx {
 				m.Base = Addr(ef.ptr("base"))
 				m.TextSize = size
@@ -97,8 +107,13 @@ func (k *Kernel) module(v Value) Module {
 		}
 	case v.Type.HasField("core_layout"):
 		m.Base = Addr(f.ptr("core_layout.base"))
-		m.Size = f.uint("core_layout.size") + f.uint("init_layout.size")
+		coreSize, initSize := f.uint("core_layout.size"), f.uint("init_layout.size")
+		m.Size = coreSize + initSize
 		m.TextSize = f.uint("core_layout.text_size")
+		m.Ranges = append(m.Ranges, AddrRange{m.Base, m.Base + Addr(coreSize)})
+		if ib := f.ptr("init_layout.base"); ib != 0 && initSize != 0 {
+			m.Ranges = append(m.Ranges, AddrRange{Addr(ib), Addr(ib + initSize)})
+		}
 	default:
 		f.note(fmt.Errorf("struct module has neither mem nor core_layout"))
 	}

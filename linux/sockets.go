@@ -172,6 +172,23 @@ func (k *Kernel) Sockets() ([]Socket, error) {
 	return out, walkErr
 }
 
+// SocketOfFile returns the socket behind an open file, if it is one.
+func (k *Kernel) SocketOfFile(file uint64) (*Socket, bool) {
+	sockOps, err := k.Symbol("socket_file_ops")
+	if err != nil {
+		return nil, false
+	}
+	fv, err := k.Object("file", file)
+	if err != nil {
+		return nil, false
+	}
+	ff := &fields{v: fv}
+	if ff.ptr("f_op") != sockOps {
+		return nil, false
+	}
+	return k.socket(ff.ptr("private_data"), k.tcpStates()), true
+}
+
 // socket reads a struct socket and its struct sock.
 func (k *Kernel) socket(addr uint64, states map[uint64]string) *Socket {
 	s := &Socket{}

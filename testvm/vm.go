@@ -86,12 +86,12 @@ ip addr add 10.99.0.1/24 dev dummy0 2>/dev/null
 ip link set dummy0 up 2>/dev/null
 # workload: TCP listeners, a UDP socket, an established connection, sleepers
 mkdir -p /srv/www /var/lib/misc && echo vmwatch > /srv/www/index.html
-nc -ll -p 8080 -e /bin/cat &
+nc -l -p 8080 </dev/null >/dev/null &
 httpd -p 8081 -h /srv/www
 touch /var/lib/misc/udhcpd.leases
 printf 'interface dummy0\nstart 10.99.0.10\nend 10.99.0.20\n' > /etc/udhcpd.conf
 udhcpd /etc/udhcpd.conf
-sleep 1000000 | nc 127.0.0.1 8080 &
+sleep 1000000 | nc 127.0.0.1 8081 >/dev/null &
 sleep 1000001 &
 sleep 1000002 &
 %s

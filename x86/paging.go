@@ -235,3 +235,56 @@ func (a *AddressSpace) Uint64(va uint64) (uint64, error) {
 	}
 	return binary.LittleEndian.Uint64(b[:]), nil
 }
+
+// maxWalkPages bounds Mapped.
+const maxWalkPages = 1 << 22
+
+// Mapped calls fn for every present page in [start, end), walking the
+// tables once instead of translating address by address. Pages come in
+// address order; fn returning false stops the walk.
+func (a *AddressSpace) Mapped(start, end uint64, fn func(va uint64, m Mapping) bool) error {
+	count := 0
+	var walk func(table uint64, level int, base uint64) (bool, error)
+	walk = func(table uint64, level int, base uint64) (bool, error) {
+		t, err := a.table(table)
+		if err != nil {
+			return false, err
+		}
+		shift := 12 + 9*uint(level-1)
+		size := uint64(1) << shift
+		for i := 0; i < 512; i++ {
+			va := base + uint64(i)*size
+			if level == a.levels && i >= 256 {
+				va |= ^uint64(0) << (shift + 9) // sign-extend the upper half
+			}
+			if last := va + size - 1; last < start || va >= end {
+				continue
+			}
+			e := t[i]
+			if e&ptePresent == 0 {
+				continue
+			}
+			if level == 1 || (e&ptePS != 0 && (level == 2 || level == 3)) {
+				base := e & pteAddrMask &^ (size - 1)
+				count++
+				if count > maxWalkPages {
+					return false, errors.New("x86: too many mapped pages in range")
+				}
+				if !fn(va, Mapping{Phys: base, PageSize: size, Writable: e&pteRW != 0, User: e&pteUser != 0, NX: e&pteNX != 0}) {
+					return false, nil
+				}
+				continue
+			}
+			if e&ptePS != 0 {
+				continue
+			}
+			more, err := walk(e&pteAddrMask, level-1, va)
+			if err != nil || !more {
+				return more, err
+			}
+		}
+		return true, nil
+	}
+	_, err := walk(a.root, a.levels, 0)
+	return err
+}

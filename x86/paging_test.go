@@ -145,3 +145,23 @@ func FuzzTranslate(f *testing.F) {
 		as.ReadAt(make([]byte, 100), int64(va))
 	})
 }
+
+func TestMapped(t *testing.T) {
+	mem := make(physMem, 64<<20)
+	b := &builder{mem: mem, next: 32 << 20}
+	root := b.table()
+	b.mapPage(root, 4, 0xffffffffc0001000, 0x5000, PageSize4K, 0)
+	b.mapPage(root, 4, 0xffffffffc0200000, 0x200000, PageSize2M, 0)
+	b.mapPage(root, 4, 0x400000, 0x6000, PageSize4K, 0)
+	as, _ := NewAddressSpace(mem, root, 4)
+	var got []uint64
+	if err := as.Mapped(0xffffffffc0000000, 0xffffffffff000000, func(va uint64, m Mapping) bool {
+		got = append(got, va, m.Phys)
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 4 || got[0] != 0xffffffffc0001000 || got[1] != 0x5000 || got[2] != 0xffffffffc0200000 {
+		t.Fatalf("%#x", got)
+	}
+}

@@ -1,0 +1,315 @@
+package detect
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+
+	"golang.org/x/arch/x86/x86asm"
+
+	"github.com/vmwatch/vmwatch/linux"
+)
+
+// Baseline is the known-good content of a kernel's code and read-only
+// data: recorded once from a trusted state, compared on every check.
+type Baseline struct {
+	Release   string `json:"release"`
+	Banner    string `json:"banner"`
+	TextStart uint64 `json:"text_start"`
+	// Regions are [start, end) offsets from _text with their bytes.
+	Regions []BaselineRegion `json:"regions"`
+}
+
+// BaselineRegion is one recorded range.
+type BaselineRegion struct {
+	Name  string `json:"name"`
+	Start uint64 `json:"start"` // offset from _text
+	Data  []byte `json:"-"`
+	Size  int    `json:"size"`
+}
+
+// baselineRegions are the ranges recorded: kernel text and read-only data.
+var baselineRegions = [][3]string{{"text", "_stext", "_etext"}, {"rodata", "__start_rodata", "__end_rodata"}}
+
+// RecordBaseline reads the kernel's code and read-only data now.
+func RecordBaseline(k *linux.Kernel) (*Baseline, error) {
+	b := &Baseline{Release: k.Release, Banner: k.Banner, TextStart: k.Loc.TextStart}
+	for _, r := range baselineRegions {
+		s, ok1 := k.Syms.Lookup(r[1])
+		e, ok2 := k.Syms.Lookup(r[2])
+		if !ok1 || !ok2 || e <= s || e-s > 512<<20 {
+			continue
+		}
+		p, ok := k.Loc.ImagePhys(s)
+		if !ok {
+			continue
+		}
+		data := make([]byte, e-s)
+		if _, err := k.Mem.ReadAt(data, int64(p)); err != nil {
+			return nil, fmt.Errorf("baseline: read %s: %w", r[0], err)
+		}
+		b.Regions = append(b.Regions, BaselineRegion{Name: r[0], Start: s - k.Loc.TextStart, Data: data, Size: len(data)})
+	}
+	if len(b.Regions) == 0 {
+		return nil, errors.New("baseline: kernel text bounds (_stext, _etext) not found")
+	}
+	return b, nil
+}
+
+// Save writes the baseline: a JSON header line, then the regions' bytes,
+// gzip-compressed.
+func (b *Baseline) Save(path string) error {
+	tmp := path + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	zw, _ := gzip.NewWriterLevel(f, gzip.BestSpeed)
+	hdr, _ := json.Marshal(b)
+	zw.Write(append(hdr, '\n'))
+	for _, r := range b.Regions {
+		zw.Write(r.Data)
+	}
+	if err := zw.Close(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// LoadBaseline reads a baseline file.
+func LoadBaseline(path string) (*Baseline, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		return nil, fmt.Errorf("baseline %s: %w", path, err)
+	}
+	all, err := io.ReadAll(io.LimitReader(zr, 1<<30))
+	if err != nil {
+		return nil, fmt.Errorf("baseline %s: %w", path, err)
+	}
+	nl := bytes.IndexByte(all, '\n')
+	if nl < 0 {
+		return nil, fmt.Errorf("baseline %s: no header", path)
+	}
+	var b Baseline
+	if err := json.Unmarshal(all[:nl], &b); err != nil {
+		return nil, fmt.Errorf("baseline %s: %w", path, err)
+	}
+	rest := all[nl+1:]
+	for i := range b.Regions {
+		n := b.Regions[i].Size
+		if n < 0 || n > len(rest) {
+			return nil, fmt.Errorf("baseline %s: truncated", path)
+		}
+		b.Regions[i].Data, rest = rest[:n], rest[n:]
+	}
+	return &b, nil
+}
+
+// change is a run of bytes that differs from the baseline.
+type change struct {
+	addr           uint64
+	expected, seen []byte
+}
+
+// diffRegion finds differing runs, skipping those the kernel patches at
+// run time and those a different KASLR offset explains (relocated 32- and
+// 64-bit addresses differ by exactly the shift).
+func diffRegion(base, cur []byte, start uint64, delta int64, sites []linux.PatchSite) []change {
+	var out []change
+	n := min(len(base), len(cur))
+	for i := 0; i < n; {
+		if base[i] == cur[i] {
+			i++
+			continue
+		}
+		j := i
+		for j < n && (base[j] != cur[j] || j-i < 8 && j+1 < n && base[j+1] != cur[j+1]) {
+			j++
+		}
+		// extend a little to join nearby differences
+		k := j
+		for k < n && k < j+4 {
+			if base[k] != cur[k] {
+				j = k + 1
+			}
+			k++
+		}
+		if !linux.Covered(sites, start+uint64(i), uint64(j-i)) && !(delta != 0 && relocated(base, cur, i, j, delta)) {
+			out = append(out, change{start + uint64(i), base[i:j], cur[i:j]})
+		}
+		i = j
+	}
+	return out
+}
+
+// relocated reports whether every differing byte in [i, j) lies in a
+// 4- or 8-byte window whose value moved by exactly delta.
+func relocated(base, cur []byte, i, j int, delta int64) bool {
+	for x := i; x < j; x++ {
+		if base[x] == cur[x] {
+			continue
+		}
+		ok := false
+		for w := x - 7; w <= x && !ok; w++ {
+			if w < 0 {
+				continue
+			}
+			if w+8 <= len(base) && int64(binary.LittleEndian.Uint64(cur[w:]))-int64(binary.LittleEndian.Uint64(base[w:])) == delta {
+				ok = true
+			}
+			if w >= x-3 && w+4 <= len(base) && int32(binary.LittleEndian.Uint32(cur[w:]))-int32(binary.LittleEndian.Uint32(base[w:])) == int32(delta) {
+				ok = true
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+func kernelIntegrity(s *Snapshot) ([]Finding, error) {
+	sites, siteErr := s.K.PatchSites()
+	out, err := inlineHooks(s, sites)
+	if b := s.Opt.Baseline; b != nil {
+		fs, berr := compareBaseline(s, b, sites)
+		out = append(out, fs...)
+		err = errors.Join(err, berr)
+	}
+	return out, errors.Join(err, siteErr)
+}
+
+func compareBaseline(s *Snapshot, b *Baseline, sites []linux.PatchSite) ([]Finding, error) {
+	if b.Release != s.K.Release || b.Banner != s.K.Banner {
+		return nil, fmt.Errorf("the baseline is of kernel %q, the guest runs %q: record a new baseline", b.Release, s.K.Release)
+	}
+	delta := int64(s.K.Loc.TextStart - b.TextStart)
+	var out []Finding
+	for _, r := range b.Regions {
+		start := s.K.Loc.TextStart + r.Start
+		p, ok := s.K.Loc.ImagePhys(start)
+		if !ok {
+			return out, fmt.Errorf("baseline region %s outside the kernel image", r.Name)
+		}
+		cur := make([]byte, len(r.Data))
+		if _, err := s.K.Mem.ReadAt(cur, int64(p)); err != nil {
+			return out, fmt.Errorf("read kernel %s: %w", r.Name, err)
+		}
+		// group changes by the function they fall in
+		type group struct {
+			sym     string
+			changes []change
+		}
+		groups := map[string]*group{}
+		var order []string
+		for _, c := range diffRegion(r.Data, cur, start, delta, sites) {
+			sym, _, _ := s.K.Syms.Nearest(c.addr)
+			g := groups[sym.Name]
+			if g == nil {
+				g = &group{sym: sym.Name}
+				groups[sym.Name] = g
+				order = append(order, sym.Name)
+			}
+			g.changes = append(g.changes, c)
+		}
+		sort.Strings(order)
+		for _, name := range order {
+			g := groups[name]
+			c := g.changes[0]
+			where := s.K.Syms.Describe(c.addr)
+			ev := Evidence{Addresses: []AddrEvidence{{Role: "changed", Address: linux.Addr(c.addr), Symbol: where}},
+				Expected: hexBytes(c.expected), Found: hexBytes(c.seen),
+				Details: map[string]any{"region": r.Name, "changes": len(g.changes)}}
+			if tgt, ok := jumpTarget(c, cur, start); ok {
+				ev.Addresses = append(ev.Addresses, s.addr("jump target", tgt))
+			}
+			out = append(out, s.finding("kernel-code-modified", fmt.Sprintf("Kernel %s changed in %s", r.Name, g.sym), Critical, "T1014", fmt.Sprintf("%s/%s", r.Name, g.sym),
+				fmt.Sprintf("%d byte(s) of kernel %s at %s differ from the baseline (expected %s, found %s), outside every place the kernel patches itself (jump labels, ftrace, static calls, kprobes). Kernel code was patched: an inline hook or a rootkit.", len(c.seen), r.Name, where, hexBytes(c.expected), hexBytes(c.seen)),
+				ev))
+		}
+	}
+	return out, nil
+}
+
+// jumpTarget decodes a jmp/call at the start of a change.
+func jumpTarget(c change, cur []byte, start uint64) (uint64, bool) {
+	off := int(c.addr - start)
+	if off < 0 || off >= len(cur) {
+		return 0, false
+	}
+	in, err := linux.DecodeInsn(cur[off:min(len(cur), off+16)])
+	if err != nil || (in.Op != x86asm.JMP && in.Op != x86asm.CALL) {
+		return 0, false
+	}
+	rel, ok := in.Args[0].(x86asm.Rel)
+	if !ok {
+		return 0, false
+	}
+	return c.addr + uint64(in.Len) + uint64(int64(rel)), true
+}
+
+func hexBytes(b []byte) string {
+	if len(b) > 32 {
+		return hex.EncodeToString(b[:32]) + "…"
+	}
+	return hex.EncodeToString(b)
+}
+
+// inlineHooks looks at the first instructions of every kernel function for
+// a jump or call out of kernel text: the classic inline hook. Places the
+// kernel patches itself (ftrace trampolines, kprobes) are skipped.
+func inlineHooks(s *Snapshot, sites []linux.PatchSite) ([]Finding, error) {
+	start, text, err := s.K.TextBytes()
+	if err != nil {
+		return nil, err
+	}
+	var out []Finding
+	for _, sym := range s.K.Syms.All() {
+		if sym.Type != 'T' && sym.Type != 't' || sym.Addr < start || sym.Addr >= start+uint64(len(text)) {
+			continue
+		}
+		off := int(sym.Addr - start)
+		for n, pc := 0, off; n < 4 && pc < len(text); n++ {
+			in, err := linux.DecodeInsn(text[pc:min(len(text), pc+16)])
+			if err != nil {
+				break
+			}
+			if in.Op == x86asm.CALL || in.Op == x86asm.JMP {
+				if rel, ok := in.Args[0].(x86asm.Rel); ok {
+					site := start + uint64(pc)
+					t := site + uint64(in.Len) + uint64(int64(rel))
+					// calls from __ref functions into init text are the kernel's own
+					if !s.K.KernelText(t) && !s.K.InitText(t) && !linux.Covered(sites, site, uint64(in.Len)) {
+						a := s.addr("jump target", t)
+						out = append(out, s.finding("inline-hook", fmt.Sprintf("Kernel function %s jumps to %s", sym.Name, describe(a)), Critical, "T1014", sym.Name,
+							fmt.Sprintf("The first instructions of %s (at %s) %s %v (%s), outside kernel text: an inline hook diverts every call of %s. Treat the kernel as compromised.", sym.Name, s.K.Syms.Describe(site), map[bool]string{true: "call", false: "jump to"}[in.Op == x86asm.CALL], linux.Addr(t), describe(a), sym.Name),
+							Evidence{Addresses: []AddrEvidence{{Role: "hooked", Address: linux.Addr(site), Symbol: s.K.Syms.Describe(site)}, a},
+								Expected: "the function's own code", Found: fmt.Sprintf("%s %v", in.Op, linux.Addr(t))}))
+					}
+				}
+				break
+			}
+			if in.Op == x86asm.RET || in.Op == x86asm.UD2 || in.Op == x86asm.INT {
+				break
+			}
+			pc += in.Len
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,345 @@
+package linux
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+)
+
+// VMA is one mapping of a process's address space.
+type VMA struct {
+	Start Addr   `json:"start"`
+	End   Addr   `json:"end"`
+	Flags uint64 `json:"flags"`
+	File  string `json:"file,omitempty"`
+	// FileAddr is the struct file mapped, 0 for anonymous memory.
+	FileAddr Addr `json:"-"`
+	// Special marks the vDSO (executable, without a file, by design).
+	Special bool `json:"special,omitempty"`
+}
+
+// Linux VMA permission bits (include/linux/mm.h; the same as PROT_*).
+const (
+	VMRead  = 0x1
+	VMWrite = 0x2
+	VMExec  = 0x4
+)
+
+// Perms renders rwx like /proc/PID/maps.
+func (v VMA) Perms() string {
+	b := []byte("---")
+	if v.Flags&VMRead != 0 {
+		b[0] = 'r'
+	}
+	if v.Flags&VMWrite != 0 {
+		b[1] = 'w'
+	}
+	if v.Flags&VMExec != 0 {
+		b[2] = 'x'
+	}
+	return string(b)
+}
+
+// FileInfo describes an open file or a mapped file.
+type FileInfo struct {
+	Path    string `json:"path"`
+	Deleted bool   `json:"deleted,omitempty"`
+	Mode    uint32 `json:"mode"`
+	UID     uint32 `json:"uid"`
+	Socket  bool   `json:"socket,omitempty"`
+}
+
+// Setuid reports a set-user-ID file.
+func (f FileInfo) Setuid() bool { return f.Mode&0o4000 != 0 }
+
+// limits for process detail walks
+const (
+	maxVMAs      = 1 << 16
+	maxPathDepth = 64
+	maxEnv       = 64 << 10
+)
+
+// FileInfo resolves a struct file: its path (through dentries and mounts,
+// like d_path), whether it was deleted, its mode and owner.
+func (k *Kernel) FileInfo(file uint64) (FileInfo, error) {
+	fv, err := k.Object("file", file)
+	if err != nil {
+		return FileInfo{}, err
+	}
+	f := &fields{v: fv}
+	dentry := f.ptr("f_path.dentry")
+	vfsmnt := f.ptr("f_path.mnt")
+	inode := f.ptr("f_inode")
+	var fi FileInfo
+	if sockOps, ok := k.Syms.Lookup("socket_file_ops"); ok && f.ptr("f_op") == sockOps {
+		fi.Socket = true
+	}
+	if inode != 0 {
+		if iv, err := k.Object("inode", inode); err == nil {
+			inf := &fields{v: iv}
+			fi.Mode = uint32(inf.uint("i_mode"))
+			fi.UID = uint32(inf.uint("i_uid"))
+			if iv.Type.HasField("i_nlink") && inf.uint("i_nlink") == 0 {
+				fi.Deleted = true
+			}
+		}
+	}
+	p, unlinked, err := k.dentryPath(dentry, vfsmnt)
+	if err != nil {
+		return fi, err
+	}
+	fi.Path = p
+	fi.Deleted = fi.Deleted || unlinked
+	return fi, nil
+}
+
+// dentryPath builds a path from a dentry up through its mounts.
+func (k *Kernel) dentryPath(dentry, vfsmnt uint64) (string, bool, error) {
+	mT, err := k.Types.Struct("mount")
+	if err != nil {
+		return "", false, err
+	}
+	mntOff, err := mT.FieldOffset("mnt")
+	if err != nil {
+		return "", false, err
+	}
+	mount := vfsmnt - mntOff
+	var parts []string
+	unlinked := false
+	for depth := 0; depth < maxPathDepth && dentry != 0; depth++ {
+		d, err := k.Object("dentry", dentry)
+		if err != nil {
+			return "", false, err
+		}
+		df := &fields{v: d}
+		mv, err := k.ReadValue(mT, mount)
+		if err != nil {
+			return "", false, err
+		}
+		mf := &fields{v: mv}
+		if dentry == mf.ptr("mnt.mnt_root") {
+			parent := mf.ptr("mnt_parent")
+			if parent == mount || parent == 0 {
+				break // the root of the mount tree
+			}
+			dentry, mount = mf.ptr("mnt_mountpoint"), parent
+			continue
+		}
+		name := ""
+		if np := df.ptr("d_name.name"); np != 0 {
+			name, _ = k.ReadCString(np, 256)
+		}
+		if depth == 0 && df.ptr("d_hash.pprev") == 0 {
+			unlinked = true
+		}
+		parts = append(parts, name)
+		parent := df.ptr("d_parent")
+		if parent == dentry || parent == 0 {
+			break // a pseudo file system's dentry (pipe, socket, memfd)
+		}
+		dentry = parent
+	}
+	var b strings.Builder
+	for i := len(parts) - 1; i >= 0; i-- {
+		b.WriteString("/")
+		b.WriteString(parts[i])
+	}
+	if b.Len() == 0 {
+		return "/", unlinked, nil
+	}
+	return b.String(), unlinked, nil
+}
+
+// Exe resolves a process's executable (mm->exe_file).
+func (k *Kernel) Exe(mm uint64) (FileInfo, error) {
+	ef, err := k.ReadField("mm_struct", mm, "exe_file")
+	if err != nil {
+		return FileInfo{}, err
+	}
+	p, _ := ef.Ptr()
+	if p == 0 {
+		return FileInfo{}, fmt.Errorf("no executable")
+	}
+	return k.FileInfo(p)
+}
+
+// Environ reads a process's environment from its memory.
+func (k *Kernel) Environ(mmAddr uint64) ([]string, error) {
+	mm, err := k.Object("mm_struct", mmAddr)
+	if err != nil {
+		return nil, err
+	}
+	f := &fields{v: mm}
+	start, end := f.uint("env_start"), f.uint("env_end")
+	if end <= start {
+		return nil, nil
+	}
+	if end-start > maxEnv {
+		end = start + maxEnv
+	}
+	um, err := k.UserSpace(mm)
+	if err != nil {
+		return nil, err
+	}
+	buf := make([]byte, end-start)
+	n, err := um.ReadAt(buf, int64(start))
+	if n == 0 && err != nil {
+		return nil, err
+	}
+	buf = bytes.TrimRight(buf[:n], "\x00")
+	if len(buf) == 0 {
+		return nil, nil
+	}
+	return strings.Split(string(buf), "\x00"), nil
+}
+
+// VMAs lists a process's mappings: the maple tree (Linux 6.1+) or the
+// linked list of older kernels. With paths, mapped files are resolved to
+// their paths (more reads).
+func (k *Kernel) VMAs(mmAddr uint64, paths bool) ([]VMA, error) {
+	mm, err := k.Object("mm_struct", mmAddr)
+	if err != nil {
+		return nil, err
+	}
+	f := &fields{v: mm}
+	vdso := uint64(0)
+	if mm.Type.HasField("context.vdso") {
+		vdso = f.ptr("context.vdso")
+	}
+	var addrs []uint64
+	switch {
+	case mm.Type.HasField("mm_mt"):
+		root := f.ptr("mm_mt.ma_root")
+		addrs, err = k.mapleEntries(root)
+	case mm.Type.HasField("mmap"):
+		vt, e := k.Types.Struct("vm_area_struct")
+		if e != nil {
+			return nil, e
+		}
+		nextOff, e := vt.FieldOffset("vm_next")
+		if e != nil {
+			return nil, e
+		}
+		for v := f.ptr("mmap"); v != 0 && len(addrs) < maxVMAs; {
+			addrs = append(addrs, v)
+			v, err = k.Uint64(v + nextOff)
+			if err != nil {
+				break
+			}
+		}
+	default:
+		return nil, fmt.Errorf("mm_struct has neither mm_mt nor mmap")
+	}
+	vt, e := k.Types.Struct("vm_area_struct")
+	if e != nil {
+		return nil, e
+	}
+	out := make([]VMA, 0, len(addrs))
+	for _, a := range addrs {
+		v, e := k.ReadValue(vt, a)
+		if e != nil {
+			continue
+		}
+		vf := &fields{v: v}
+		m := VMA{Start: Addr(vf.uint("vm_start")), End: Addr(vf.uint("vm_end")), Flags: vf.uint("vm_flags")}
+		if file := vf.ptr("vm_file"); file != 0 {
+			m.FileAddr = Addr(file)
+			if paths {
+				if fi, e := k.FileInfo(file); e == nil {
+					m.File = fi.Path
+				}
+			}
+		}
+		m.Special = vdso != 0 && uint64(m.Start) == vdso
+		out = append(out, m)
+	}
+	return out, err
+}
+
+// mapleEntries returns the entries of a maple tree (the VMAs of an mm):
+// internal nodes (maple_range_64, maple_arange_64) hold child pointers,
+// leaves (maple_leaf_64) hold entries. A node pointer is tagged: bit 1
+// marks a node, bits 3-6 its type (lib/maple_tree.c).
+func (k *Kernel) mapleEntries(root uint64) ([]uint64, error) {
+	nodeT, err := k.Types.Struct("maple_node")
+	if err != nil {
+		return nil, err
+	}
+	leaf, err1 := k.Types.EnumConstant("maple_leaf_64")
+	r64, err2 := k.Types.EnumConstant("maple_range_64")
+	a64, err3 := k.Types.EnumConstant("maple_arange_64")
+	if err1 != nil || err2 != nil || err3 != nil {
+		return nil, fmt.Errorf("maple tree node types: %v %v %v", err1, err2, err3)
+	}
+	isNode := func(e uint64) bool { return e&3 == 2 && e > 4096 }
+	var out []uint64
+	seen := map[uint64]bool{}
+	var walk func(e uint64, depth int) error
+	walk = func(e uint64, depth int) error {
+		if e == 0 {
+			return nil
+		}
+		if !isNode(e) {
+			if e&7 == 0 && e >= 0xffff800000000000 {
+				out = append(out, e)
+			}
+			return nil
+		}
+		if depth > 16 {
+			return fmt.Errorf("maple tree deeper than 16: %w", ErrListCorrupt)
+		}
+		node := e &^ 0xff
+		typ := int64(e>>3) & 0xf
+		if seen[node] || len(seen) > maxVMAs {
+			return fmt.Errorf("maple node %#x reached twice: %w", node, ErrListCorrupt)
+		}
+		seen[node] = true
+		v, err := k.ReadValue(nodeT, node)
+		if err != nil {
+			return err
+		}
+		var slots Value
+		switch typ {
+		case leaf, r64:
+			slots, err = v.Field("mr64.slot")
+		case a64:
+			slots, err = v.Field("ma64.slot")
+		default:
+			return fmt.Errorf("maple node %#x of unknown type %d", node, typ)
+		}
+		if err != nil {
+			return err
+		}
+		for i := 0; i < int(slots.Type.Len); i++ {
+			s, _ := slots.Index(i)
+			p, _ := s.Ptr()
+			if typ == leaf {
+				if !isNode(p) && p&7 == 0 && p >= 0xffff800000000000 { // a VMA (kernel address), not metadata
+					out = append(out, p)
+				}
+				continue
+			}
+			if err := walk(p, depth+1); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	err = walk(root, 0)
+	if len(out) > maxVMAs {
+		out = out[:maxVMAs]
+	}
+	return dedupe(out), err
+}
+
+func dedupe(a []uint64) []uint64 {
+	seen := make(map[uint64]bool, len(a))
+	out := a[:0]
+	for _, x := range a {
+		if !seen[x] {
+			seen[x] = true
+			out = append(out, x)
+		}
+	}
+	return out
+}

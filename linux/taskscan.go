@@ -1,0 +1,196 @@
+package linux
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/vmwatch/vmwatch/guestmem"
+)
+
+// ScannedTask is a live task structure found in physical memory.
+type ScannedTask struct {
+	Task Addr   `json:"task"`
+	PID  int64  `json:"pid"`
+	Comm string `json:"comm"`
+}
+
+// limits for the task scan
+const (
+	maxScannedTasks = 1 << 16
+	scanChunk       = 4 << 20
+)
+
+// ScanTasks searches all of physical memory for task_structs, whatever
+// lists they are on. A candidate must look like a task (a printable,
+// zero-padded comm, plausible pid and tgid, kernel pointers in its task
+// list node) and then prove it is alive: its task list node is
+// consistent (its neighbours point back at it, or it points at itself),
+// it is not dead, and its struct pid names the same pid. Freed task
+// structures fail these checks.
+func (k *Kernel) ScanTasks() ([]ScannedTask, error) {
+	tt, err := k.Types.Struct("task_struct")
+	if err != nil {
+		return nil, err
+	}
+	off := func(f string) uint64 {
+		o, e := tt.FieldOffset(f)
+		if e != nil && err == nil {
+			err = e
+		}
+		return o
+	}
+	commOff, pidOff, tgidOff, tasksOff := off("comm"), off("pid"), off("tgid"), off("tasks")
+	if err != nil {
+		return nil, err
+	}
+	pob := uint64(0xffff888000000000) // direct map base without RANDOMIZE_MEMORY
+	if a, ok := k.Syms.Lookup("page_offset_base"); ok {
+		if v, e := k.Uint64(a); e == nil && v != 0 {
+			pob = v
+		}
+	}
+	scan := k.Mem.Ranges()
+	if ex, ok := k.Mem.(guestmem.Extents); ok {
+		scan = nil
+		for _, r := range k.Mem.Ranges() {
+			scan = append(scan, ex.DataExtents(r)...)
+		}
+	}
+	read := func(b []byte, phys uint64) error { _, err := k.Mem.ReadAt(b, int64(phys)); return err }
+	if st, ok := k.Mem.(guestmem.Streamer); ok {
+		read = st.StreamAt
+	}
+	span := int(tt.Size)
+	buf := make([]byte, scanChunk+span)
+	var out []ScannedTask
+	seen := map[uint64]bool{}
+	for _, r := range scan {
+		for base := r.Start &^ 63; base < r.End; base += scanChunk {
+			n := scanChunk + span
+			if base+uint64(n) > r.End {
+				n = int(r.End - base)
+			}
+			if n < span {
+				break
+			}
+			b := buf[:n]
+			if read(b, base) != nil {
+				continue
+			}
+			for o := 0; o+span <= n && o < scanChunk; o += 64 {
+				if !looksLikeTask(b[o:o+span], commOff, pidOff, tgidOff, tasksOff) {
+					continue
+				}
+				va := base + uint64(o) + pob
+				if seen[va] {
+					continue
+				}
+				seen[va] = true
+				if t, ok := k.liveTask(tt, va); ok {
+					out = append(out, t)
+					if len(out) > maxScannedTasks {
+						return out, fmt.Errorf("more than %d tasks in memory", maxScannedTasks)
+					}
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+func looksLikeTask(b []byte, commOff, pidOff, tgidOff, tasksOff uint64) bool {
+	c := b[commOff : commOff+16]
+	if c[0] < 0x20 || c[0] > 0x7e {
+		return false
+	}
+	end := false
+	for _, x := range c[1:] {
+		switch {
+		case end && x != 0:
+			return false
+		case x == 0:
+			end = true
+		case x < 0x20 || x > 0x7e:
+			return false
+		}
+	}
+	if !end {
+		return false
+	}
+	pid := int32(binary.LittleEndian.Uint32(b[pidOff:]))
+	tgid := int32(binary.LittleEndian.Uint32(b[tgidOff:]))
+	if pid <= 0 || pid > 1<<22 || tgid <= 0 || tgid > 1<<22 {
+		return false
+	}
+	next := binary.LittleEndian.Uint64(b[tasksOff:])
+	prev := binary.LittleEndian.Uint64(b[tasksOff+8:])
+	return next >= 0xffff800000000000 && prev >= 0xffff800000000000 && next&7 == 0 && prev&7 == 0
+}
+
+// liveTask validates a candidate task structure at va.
+func (k *Kernel) liveTask(tt *Type, va uint64) (ScannedTask, bool) {
+	v, err := k.ReadValue(tt, va)
+	if err != nil {
+		return ScannedTask{}, false
+	}
+	f := &fields{v: v}
+	tasksOff, _ := tt.FieldOffset("tasks")
+	node := va + tasksOff
+	next, prev := f.ptr("tasks.next"), f.ptr("tasks.prev")
+	if !(next == node && prev == node) {
+		np, err1 := k.Uint64(next + 8)
+		pn, err2 := k.Uint64(prev)
+		if err1 != nil || err2 != nil || np != node || pn != node {
+			// a thread is not on the task list; its thread node must be consistent instead
+			tn, e := tt.FieldOffset("thread_node")
+			if e != nil {
+				return ScannedTask{}, false
+			}
+			tnext, tprev := f.ptr("thread_node.next"), f.ptr("thread_node.prev")
+			np, err1 = k.Uint64(tnext + 8)
+			pn, err2 = k.Uint64(tprev)
+			if err1 != nil || err2 != nil || np != va+tn || pn != va+tn {
+				return ScannedTask{}, false
+			}
+		}
+	}
+	state := "state"
+	if tt.HasField("__state") {
+		state = "__state"
+	}
+	const taskDead = 0x80
+	if f.uint("exit_state") != 0 || f.uint(state)&taskDead != 0 {
+		return ScannedTask{}, false
+	}
+	pid := f.int("pid")
+	tp := f.ptr("thread_pid")
+	if tp == 0 || len(f.errs) > 0 {
+		return ScannedTask{}, false
+	}
+	pT, err := k.Types.Struct("pid")
+	if err != nil {
+		return ScannedTask{}, false
+	}
+	numOff, err := pT.FieldOffset("numbers")
+	if err != nil {
+		return ScannedTask{}, false
+	}
+	up, err := k.Object("upid", tp+numOff)
+	if err != nil {
+		return ScannedTask{}, false
+	}
+	uf := &fields{v: up}
+	if uf.int("nr") != pid {
+		return ScannedTask{}, false
+	}
+	return ScannedTask{Task: Addr(va), PID: pid, Comm: f.str("comm")}, true
+}
+
+// TaskAlive validates a task structure at va again (see ScanTasks).
+func (k *Kernel) TaskAlive(va uint64) (ScannedTask, bool) {
+	tt, err := k.Types.Struct("task_struct")
+	if err != nil {
+		return ScannedTask{}, false
+	}
+	return k.liveTask(tt, va)
+}
