@@ -12,8 +12,10 @@ FUZZ := ./guestmem:FuzzParseDump ./linux:FuzzParseKallsyms ./linux:FuzzFindBTF .
 
 all: build
 
+# vmwatch is built with YARA (cgo and Debian's libyara-dev, installed by
+# `make deps`); `go build ./cmd/vmwatch` alone builds it without.
 build:
-	$(GO) build -o $(BIN)/vmwatch ./cmd/vmwatch
+	$(GO) build -tags yara -o $(BIN)/vmwatch ./cmd/vmwatch
 	$(GO) build -o $(BIN)/vmwatch-guest ./cmd/vmwatch-guest
 
 deps:
@@ -22,6 +24,7 @@ deps:
 # everything: vet, unit and end-to-end tests (real guests), short fuzz runs
 test: deps
 	$(GO) vet ./...
+	$(GO) vet -tags yara ./detect
 	$(GO) test -count=1 -timeout 40m ./...
 	$(MAKE) --no-print-directory fuzz
 
@@ -38,7 +41,8 @@ fuzz:
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime 20x -timeout 30m ./e2e
 
-demo: deps build
+demo: deps
+	$(MAKE) --no-print-directory build
 	@$(BIN)/vmwatch-guest stop --dir $(DEMO_DIR) 2>/dev/null || true
 	$(BIN)/vmwatch-guest start --kernel 6.1 --dir $(DEMO_DIR)
 	$(BIN)/vmwatch info -t qmp:$(DEMO_DIR)/qmp.sock

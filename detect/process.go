@@ -194,8 +194,9 @@ func processAnomalies(s *Snapshot) ([]Finding, error) {
 				fmt.Sprintf("Process %d (%s) maps %v-%v %s without a file: code injected into the process, or a JIT compiler (browsers, Java, Node.js). Check which program this is.", p.PID, p.Comm, v.Start, v.End, v.Perms()), e))
 		}
 		if shells[p.Comm] {
-			for fd, sock := range d.Stdio {
-				if sock.Protocol != "tcp" && sock.Protocol != "udp" || sock.RemotePort == 0 {
+			for fd := 0; fd <= 2; fd++ {
+				sock, ok := d.Stdio[fd]
+				if !ok || sock.Protocol != "tcp" && sock.Protocol != "udp" || sock.RemotePort == 0 {
 					continue
 				}
 				e := ev()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"regexp"
 	"strings"
 
@@ -51,7 +52,50 @@ type ruleDoc struct {
 	Enabled   *bool    `yaml:"enabled"`
 }
 
-// the fields each source offers; their zero values give expr the types
+// ProcEnv is what a process rule sees as proc.
+type ProcEnv struct {
+	PID          int64    `expr:"pid"`
+	PPID         int64    `expr:"ppid"`
+	TGID         int64    `expr:"tgid"`
+	Name         string   `expr:"name"`
+	Cmdline      string   `expr:"cmdline"`
+	Args         []string `expr:"args"`
+	UID          int64    `expr:"uid"`
+	GID          int64    `expr:"gid"`
+	EUID         int64    `expr:"euid"`
+	State        string   `expr:"state"`
+	KernelThread bool     `expr:"kernel_thread"`
+	Exe          string   `expr:"exe"`
+	ExeDeleted   bool     `expr:"exe_deleted"`
+	Env          []string `expr:"env"`
+}
+
+// SockEnv is what a socket rule sees as sock.
+type SockEnv struct {
+	Proto         string  `expr:"proto"`
+	Family        string  `expr:"family"`
+	Type          string  `expr:"type"`
+	State         string  `expr:"state"`
+	LocalAddress  string  `expr:"local_address"`
+	LocalPort     int64   `expr:"local_port"`
+	RemoteAddress string  `expr:"remote_address"`
+	RemotePort    int64   `expr:"remote_port"`
+	Inode         int64   `expr:"inode"`
+	Path          string  `expr:"path"`
+	PIDs          []int64 `expr:"pids"`
+}
+
+// ModEnv is what a module rule sees as mod.
+type ModEnv struct {
+	Name     string   `expr:"name"`
+	Size     int64    `expr:"size"`
+	State    string   `expr:"state"`
+	Refcount int64    `expr:"refcount"`
+	UsedBy   []string `expr:"used_by"`
+}
+
+// ruleEnv is the environment of a rule of a source: its object(s) and
+// the lists defined so far.
 func ruleEnv(source string, lists map[string][]string) map[string]any {
 	env := map[string]any{}
 	for k, v := range lists {
@@ -59,47 +103,50 @@ func ruleEnv(source string, lists map[string][]string) map[string]any {
 	}
 	switch source {
 	case "socket":
-		env["sock"] = sockFields(linux.Socket{})
-		env["proc"] = procFields(linux.Process{}, nil)
+		env["sock"] = SockEnv{}
+		env["proc"] = ProcEnv{}
 	case "module":
-		env["mod"] = modFields(linux.Module{})
+		env["mod"] = ModEnv{}
 	default:
-		env["proc"] = procFields(linux.Process{}, nil)
+		env["proc"] = ProcEnv{}
 	}
 	return env
 }
 
-func procFields(p linux.Process, d *ProcDetail) map[string]any {
-	m := map[string]any{
-		"pid": p.PID, "ppid": p.PPID, "tgid": p.TGID, "name": p.Comm, "cmdline": strings.Join(p.Cmdline, " "),
-		"args": append([]string{}, p.Cmdline...), "uid": int64(p.UID), "gid": int64(p.GID), "euid": int64(p.EUID),
-		"state": p.State, "kernel_thread": p.Kernel, "exe": "", "exe_deleted": false, "env": []string{},
-	}
+func procFields(p linux.Process, d *ProcDetail) ProcEnv {
+	e := ProcEnv{PID: p.PID, PPID: p.PPID, TGID: p.TGID, Name: p.Comm, Cmdline: strings.Join(p.Cmdline, " "),
+		Args: []string{}, UID: int64(p.UID), GID: int64(p.GID), EUID: int64(p.EUID), State: p.State, KernelThread: p.Kernel, Env: []string{}}
 	if len(p.Cmdline) > 1 {
-		m["args"] = append([]string{}, p.Cmdline[1:]...)
-	} else {
-		m["args"] = []string{}
+		e.Args = append(e.Args, p.Cmdline[1:]...)
 	}
 	if d != nil {
-		m["exe"] = d.Exe.Path
-		m["exe_deleted"] = d.Exe.Deleted
-		m["env"] = append([]string{}, d.Env...)
+		e.Exe, e.ExeDeleted, e.Env = d.Exe.Path, d.Exe.Deleted, append(e.Env, d.Env...)
 	}
-	return m
+	return e
 }
 
-func sockFields(s linux.Socket) map[string]any {
-	pids := append([]int64{}, s.PIDs...)
-	return map[string]any{
-		"proto": s.Protocol, "family": s.Family, "type": s.Type, "state": s.State,
-		"local_address": s.LocalAddr, "local_port": int64(s.LocalPort),
-		"remote_address": s.RemoteAddr, "remote_port": int64(s.RemotePort),
-		"inode": int64(s.Inode), "path": s.Path, "pids": pids,
-	}
+func sockFields(s linux.Socket) SockEnv {
+	return SockEnv{Proto: s.Protocol, Family: s.Family, Type: s.Type, State: s.State,
+		LocalAddress: s.LocalAddr, LocalPort: int64(s.LocalPort), RemoteAddress: s.RemoteAddr, RemotePort: int64(s.RemotePort),
+		Inode: int64(s.Inode), Path: s.Path, PIDs: append([]int64{}, s.PIDs...)}
 }
 
-func modFields(m linux.Module) map[string]any {
-	return map[string]any{"name": m.Name, "size": int64(m.Size), "state": m.State, "refcount": m.Refcount, "used_by": append([]string{}, m.UsedBy...)}
+func modFields(m linux.Module) ModEnv {
+	return ModEnv{Name: m.Name, Size: int64(m.Size), State: m.State, Refcount: m.Refcount, UsedBy: append([]string{}, m.UsedBy...)}
+}
+
+// fieldByTag finds a struct field by its expr tag.
+func fieldByTag(v any, name string) (any, bool) {
+	rv := reflect.ValueOf(v)
+	if rv.Kind() != reflect.Struct {
+		return nil, false
+	}
+	for i := 0; i < rv.NumField(); i++ {
+		if rv.Type().Field(i).Tag.Get("expr") == name {
+			return rv.Field(i).Interface(), true
+		}
+	}
+	return nil, false
 }
 
 // DefaultRules compiles the rules shipped with vmwatch.
@@ -108,7 +155,7 @@ func DefaultRules() (*RuleSet, error) {
 	return rs, rs.Add("default rules", defaultRules)
 }
 
-// LoadRules adds the rules of a YAML file.
+// LoadFile adds the rules of a YAML file.
 func (rs *RuleSet) LoadFile(path string) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -119,6 +166,9 @@ func (rs *RuleSet) LoadFile(path string) error {
 
 // Add parses and compiles rules; errors name the file, line and problem.
 func (rs *RuleSet) Add(file string, data []byte) error {
+	if rs.lists == nil {
+		rs.lists = map[string][]string{}
+	}
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return fmt.Errorf("%s: %w", file, err)
@@ -193,11 +243,7 @@ var techniqueTag = regexp.MustCompile(`^T\d{4}(\.\d{3})?$`)
 func render(out string, env map[string]any) string {
 	return fieldRef.ReplaceAllStringFunc(out, func(m string) string {
 		p := fieldRef.FindStringSubmatch(m)
-		obj, ok := env[p[1]].(map[string]any)
-		if !ok {
-			return m
-		}
-		v, ok := obj[p[2]]
+		v, ok := fieldByTag(env[p[1]], p[2])
 		if !ok {
 			return m
 		}

@@ -492,3 +492,33 @@ func TestCleanUnderLoad(t *testing.T) {
 		}
 	})
 }
+
+// TestYara: YARA signatures match process memory (a marker compiled into
+// a helper) and kernel memory (the banner), with pid and address.
+func TestYara(t *testing.T) {
+	forEachKernel(t, func(t *testing.T, series string) {
+		vm := attackGuest(t, series, "user")
+		if _, err := vm.Run("/opt/fakekthread marked &"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(300 * time.Millisecond)
+		pid := guestPID(t, vm, "/opt/fakekthread marked")
+		defer vm.Run(fmt.Sprintf("kill %d", pid))
+		fs := check(t, vm, "--only", "yara", "--yara", "testdata/test.yar")
+		var proc, kernel bool
+		for _, f := range fs {
+			rule, _ := f.Evidence.Details["rule"].(string)
+			switch {
+			case rule == "vmwatch_test_marker" && hasPID(pid)(f) && f.Severity == detect.High:
+				proc = true
+			case rule == "vmwatch_test_marker":
+				t.Errorf("marker found outside the helper: %s", f.Explanation)
+			case rule == "linux_banner" && len(f.Evidence.PIDs) == 0 && f.Severity == detect.Info:
+				kernel = true
+			}
+		}
+		if !proc || !kernel {
+			t.Errorf("process match %v, kernel match %v: %s", proc, kernel, summary(fs))
+		}
+	})
+}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vmwatch/vmwatch/detect"
 	"github.com/vmwatch/vmwatch/linux"
 	"github.com/vmwatch/vmwatch/target"
 	"github.com/vmwatch/vmwatch/testvm"
@@ -144,5 +145,47 @@ func BenchmarkCommand(b *testing.B) {
 				b.ReportMetric(float64(maxRSS)/1024, "peak-RSS-MiB")
 			})
 		}
+	}
+}
+
+// BenchmarkCheck: every detector but the memory scan on a bootstrapped
+// kernel (warm), the memory scan alone, and the whole `vmwatch check`
+// command (cold).
+func BenchmarkCheck(b *testing.B) {
+	for _, g := range benchGuests(b) {
+		tg, err := target.Open(context.Background(), "qmp:"+g.vm.QMPPath, target.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		k, err := linux.Open(tg.Mem, linux.Options{CPUs: tg.CPUs})
+		if err != nil {
+			b.Fatal(err)
+		}
+		rules, _ := detect.DefaultRules()
+		b.Run("warm/"+g.name, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				k.Flush()
+				r, err := detect.Run(context.Background(), k, detect.Options{Rules: rules})
+				if err != nil || len(r.Errors) > 0 {
+					b.Fatal(err, r.Errors)
+				}
+			}
+		})
+		b.Run("memory-scan/"+g.name, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				k.Flush()
+				if _, err := detect.Run(context.Background(), k, detect.Options{Only: []string{"hidden-process-scan"}}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		tg.Close()
+		b.Run("cold-command/"+g.name, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				if out, err := exec.Command(vmwatchBin, "check", "-t", "qmp:"+g.vm.QMPPath).CombinedOutput(); err != nil {
+					b.Fatalf("%v: %s", err, out)
+				}
+			}
+		})
 	}
 }

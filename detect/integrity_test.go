@@ -1,0 +1,55 @@
+package detect
+
+import (
+	"bytes"
+	"encoding/binary"
+	"path/filepath"
+	"testing"
+
+	"github.com/vmwatch/vmwatch/linux"
+)
+
+func TestDiffRegion(t *testing.T) {
+	base := make([]byte, 4096)
+	for i := range base {
+		base[i] = byte(i * 13)
+	}
+	const start = 0xffffffff81000000
+	const delta = 0x2400000 // a different KASLR offset
+	cur := bytes.Clone(base)
+	// relocated addresses: a 64-bit absolute and a 32-bit sign-extended one
+	binary.LittleEndian.PutUint64(cur[100:], binary.LittleEndian.Uint64(base[100:])+delta)
+	binary.LittleEndian.PutUint32(cur[200:], binary.LittleEndian.Uint32(base[200:])+delta)
+	// a jump label the kernel flipped
+	copy(cur[300:], []byte{0xe9, 1, 2, 3, 4})
+	sites := []linux.PatchSite{{Addr: start + 300, Len: 5, Kind: "jump label"}}
+	if ch := diffRegion(base, cur, start, delta, sites); len(ch) != 0 {
+		t.Fatalf("legitimate differences reported: %+v", ch)
+	}
+	// an attacker's patch
+	copy(cur[1000:], []byte{0xcc, 0xcc})
+	ch := diffRegion(base, cur, start, delta, sites)
+	if len(ch) != 1 || ch[0].addr != start+1000 || !bytes.Equal(ch[0].seen, []byte{0xcc, 0xcc}) {
+		t.Fatalf("%+v", ch)
+	}
+	// without the relocation delta, the moved addresses are changes too
+	if ch := diffRegion(base, cur, start, 0, sites); len(ch) != 3 {
+		t.Fatalf("no delta: %d changes", len(ch))
+	}
+}
+
+func TestBaselineSaveLoad(t *testing.T) {
+	b := &Baseline{Release: "6.1.0-56-amd64", Banner: "Linux version x", TextStart: 0xffffffff81000000,
+		Regions: []BaselineRegion{{Name: "text", Start: 0x1000, Data: []byte("code"), Size: 4}, {Name: "rodata", Start: 0x9000, Data: []byte("data!"), Size: 5}}}
+	p := filepath.Join(t.TempDir(), "b")
+	if err := b.Save(p); err != nil {
+		t.Fatal(err)
+	}
+	got, err := LoadBaseline(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Release != b.Release || string(got.Regions[1].Data) != "data!" || got.Regions[0].Start != 0x1000 {
+		t.Fatalf("%+v", got)
+	}
+}
