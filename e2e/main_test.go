@@ -114,7 +114,10 @@ func vmwatch(t testing.TB, args ...string) []byte {
 }
 
 func vmwatchRun(args ...string) (stdout, stderr []byte, err error) {
-	cmd := exec.Command(vmwatchBin, args...)
+	// no command may hang a test run
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, vmwatchBin, args...)
 	var so, se strings.Builder
 	cmd.Stdout, cmd.Stderr = &so, &se
 	err = cmd.Run()

@@ -369,9 +369,9 @@ func (s *Shell) Run(command string, d time.Duration) (string, error) {
 		return "", err
 	}
 	endRE := regexp.MustCompile(regexp.QuoteMeta(end) + ` (\d+)\r?\n`)
-	timer := time.AfterFunc(d, func() { s.mu.Lock(); s.cond.Broadcast(); s.mu.Unlock() })
+	expired := false
+	timer := time.AfterFunc(d, func() { s.mu.Lock(); expired = true; s.cond.Broadcast(); s.mu.Unlock() })
 	defer timer.Stop()
-	deadline := time.Now().Add(d)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	scanned := 0 // the end marker is looked for only in new output
@@ -402,7 +402,7 @@ func (s *Shell) Run(command string, d time.Duration) (string, error) {
 		if s.err != nil {
 			return "", fmt.Errorf("guest shell: %w", s.err)
 		}
-		if time.Now().After(deadline) {
+		if expired {
 			return "", fmt.Errorf("guest command %q: no answer within %v", command, d)
 		}
 		s.cond.Wait()
