@@ -161,7 +161,8 @@ func diffRegion(base, cur []byte, start uint64, delta int64, sites []linux.Patch
 // relocated reports whether every differing byte in [i, j) lies in a
 // 4- or 8-byte window whose value moved by exactly delta.
 func relocated(base, cur []byte, i, j int, delta int64) bool {
-	for x := i; x < j; x++ {
+	n := min(len(base), len(cur))
+	for x := i; x < j && x < n; x++ {
 		if base[x] == cur[x] {
 			continue
 		}
@@ -170,10 +171,10 @@ func relocated(base, cur []byte, i, j int, delta int64) bool {
 			if w < 0 {
 				continue
 			}
-			if w+8 <= len(base) && int64(binary.LittleEndian.Uint64(cur[w:]))-int64(binary.LittleEndian.Uint64(base[w:])) == delta {
+			if w+8 <= n && int64(binary.LittleEndian.Uint64(cur[w:]))-int64(binary.LittleEndian.Uint64(base[w:])) == delta {
 				ok = true
 			}
-			if w >= x-3 && w+4 <= len(base) && int32(binary.LittleEndian.Uint32(cur[w:]))-int32(binary.LittleEndian.Uint32(base[w:])) == int32(delta) {
+			if w >= x-3 && w+4 <= n && int32(binary.LittleEndian.Uint32(cur[w:]))-int32(binary.LittleEndian.Uint32(base[w:])) == int32(delta) {
 				ok = true
 			}
 		}

@@ -53,3 +53,16 @@ func TestBaselineSaveLoad(t *testing.T) {
 		t.Fatalf("%+v", got)
 	}
 }
+
+// FuzzDiffRegion: the comparison never reads out of bounds, whatever the
+// two images and the KASLR difference.
+func FuzzDiffRegion(f *testing.F) {
+	f.Add([]byte("abcdefghijklmnop"), []byte("abcdefghXjklmnop"), int64(0x200000))
+	f.Fuzz(func(t *testing.T, base, cur []byte, delta int64) {
+		for _, c := range diffRegion(base, cur, 0xffffffff81000000, delta, nil) {
+			if len(c.expected) != len(c.seen) || len(c.seen) == 0 {
+				t.Fatalf("change %+v", c)
+			}
+		}
+	})
+}
