@@ -376,3 +376,89 @@ func TestFiveLevelPaging(t *testing.T) {
 		checkPS(t, vm, tg)
 	}
 }
+
+// TestGuestStats: memory, load, task count and uptime read from the guest
+// kernel agree with the guest's /proc/meminfo, /proc/loadavg, /proc/uptime.
+func TestGuestStats(t *testing.T) {
+	forEachKernel(t, func(t *testing.T, series string) {
+		vm := standard(t, series)
+		var st struct {
+			MemTotal     uint64     `json:"mem_total_bytes"`
+			MemFree      uint64     `json:"mem_free_bytes"`
+			MemAvailable uint64     `json:"mem_available_bytes"`
+			Cached       uint64     `json:"cached_bytes"`
+			Load         [3]float64 `json:"load"`
+			Threads      int64      `json:"threads"`
+			Uptime       float64    `json:"uptime_seconds"`
+			Top          []struct {
+				PID int64   `json:"pid"`
+				RSS uint64  `json:"rss_bytes"`
+				CPU float64 `json:"cpu_seconds"`
+			} `json:"top"`
+		}
+		vmwatchJSON(t, &st, "stats", "-n", "100", "-t", "qmp:"+vm.QMPPath)
+		out, err := vm.Run("cat /proc/meminfo /proc/loadavg /proc/uptime")
+		if err != nil {
+			t.Fatal(err)
+		}
+		kb := map[string]uint64{}
+		var lines []string
+		for _, l := range strings.Split(out, "\n") {
+			f := strings.Fields(l)
+			if len(f) >= 2 && strings.HasSuffix(f[0], ":") {
+				v, _ := strconv.ParseUint(f[1], 10, 64)
+				kb[strings.TrimSuffix(f[0], ":")] = v * 1024
+			} else if len(f) > 0 {
+				lines = append(lines, l)
+			}
+		}
+		near := func(name string, got, want uint64, tol float64) {
+			d := float64(got) - float64(want)
+			if d < 0 {
+				d = -d
+			}
+			if d > tol*float64(want)+64*1024 {
+				t.Errorf("%s: vmwatch %d, guest %d", name, got, want)
+			}
+		}
+		if st.MemTotal != kb["MemTotal"] {
+			t.Errorf("MemTotal: vmwatch %d, guest %d", st.MemTotal, kb["MemTotal"])
+		}
+		near("MemFree", st.MemFree, kb["MemFree"], 0.02)
+		near("MemAvailable", st.MemAvailable, kb["MemAvailable"], 0.02)
+		near("Cached", st.Cached, kb["Cached"], 0.05)
+		load := strings.Fields(lines[0])
+		for i := 0; i < 3; i++ {
+			g, _ := strconv.ParseFloat(load[i], 64)
+			if d := g - st.Load[i]; d > 0.1 || d < -0.1 {
+				t.Errorf("load[%d]: vmwatch %.2f, guest %.2f", i, st.Load[i], g)
+			}
+		}
+		_, total, _ := strings.Cut(load[3], "/")
+		n, _ := strconv.ParseInt(total, 10, 64)
+		if d := n - st.Threads; d > 3 || d < -3 {
+			t.Errorf("tasks: vmwatch %d, guest %d", st.Threads, n)
+		}
+		up, _ := strconv.ParseFloat(strings.Fields(lines[1])[0], 64)
+		if d := up - st.Uptime; d > 3 || d < -1 {
+			t.Errorf("uptime: vmwatch %.2f, guest %.2f", st.Uptime, up)
+		}
+		if len(st.Top) < 10 || st.Top[0].CPU <= 0 {
+			t.Errorf("top processes: %+v", st.Top)
+		}
+		// resident memory of a user process, as /proc/PID/status says it
+		pid := st.Top[0].PID
+		for _, p := range st.Top {
+			if p.RSS > 0 {
+				pid = p.PID
+				rss, err := vm.Run(fmt.Sprintf("awk '/VmRSS/ {print $2}' /proc/%d/status", pid))
+				if err != nil {
+					t.Fatal(err)
+				}
+				want, _ := strconv.ParseUint(strings.TrimSpace(rss), 10, 64)
+				near(fmt.Sprintf("RSS of %d", pid), p.RSS, want*1024, 0.1)
+				break
+			}
+		}
+	})
+}

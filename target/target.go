@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vmwatch/vmwatch/guestmem"
+	"github.com/vmwatch/vmwatch/hv"
 	"github.com/vmwatch/vmwatch/hv/qmp"
 )
 
@@ -33,11 +34,13 @@ type Target struct {
 	Spec string
 	Kind string
 	Mem  guestmem.Memory
-	// QMP is the control channel, nil for dumps, memory files and pid: targets.
-	QMP  *qmp.Client
-	PID  int
-	CPUs []guestmem.CPUState
-	opt  Options
+	// Monitor is the control channel, nil for dumps, memory files and pid: targets.
+	Monitor hv.Monitor
+	PID     int
+	CPUs    []guestmem.CPUState
+	opt     Options
+	// ownMonitor: Close closes the monitor (it was dialled by Open)
+	ownMonitor bool
 }
 
 // Usage describes the accepted target forms.
@@ -95,11 +98,36 @@ func (t *Target) openQMP(ctx context.Context, path string) error {
 	if err != nil {
 		return err
 	}
-	t.QMP = cl
-	t.PID = cl.PID()
-	if t.PID == 0 {
+	t.Monitor, t.ownMonitor = cl, true
+	if cl.PID() == 0 {
 		return fmt.Errorf("cannot tell which process serves QMP socket %s (SO_PEERCRED failed)", path)
 	}
+	return t.fromMonitor(ctx)
+}
+
+// FromMonitor opens the guest memory of a running QEMU through a monitor
+// that stays the caller's (a daemon's persistent QMP connection, or
+// libvirt's monitor pass-through). The monitor must know QEMU's PID.
+func FromMonitor(ctx context.Context, name string, m hv.Monitor, opt Options) (*Target, error) {
+	if opt.Timeout == 0 {
+		opt.Timeout = 5 * time.Second
+	}
+	t := &Target{Spec: name, Kind: "monitor", Monitor: m, opt: opt}
+	if m.PID() == 0 {
+		return nil, fmt.Errorf("target %s: the monitor does not know the QEMU process", name)
+	}
+	if err := t.fromMonitor(ctx); err != nil {
+		t.Close()
+		return nil, fmt.Errorf("target %s: %w", name, err)
+	}
+	return t, nil
+}
+
+func (t *Target) fromMonitor(ctx context.Context) error {
+	c, cancel := t.ctx(ctx)
+	defer cancel()
+	cl := t.Monitor
+	t.PID = cl.PID()
 	mtree, err := cl.HMP(c, "info mtree -f")
 	if err != nil {
 		return err
@@ -124,14 +152,16 @@ func (t *Target) openQMP(ctx context.Context, path string) error {
 	return nil
 }
 
-// refreshCPUs reads the vCPUs' control registers through QMP.
+// RefreshCPUs reads the vCPUs' control registers through the monitor.
+func (t *Target) RefreshCPUs(ctx context.Context) { t.refreshCPUs(ctx) }
+
 func (t *Target) refreshCPUs(ctx context.Context) {
-	if t.QMP == nil {
+	if t.Monitor == nil {
 		return
 	}
 	c, cancel := t.ctx(ctx)
 	defer cancel()
-	regs, err := t.QMP.HMP(c, "info registers -a")
+	regs, err := t.Monitor.HMP(c, "info registers -a")
 	if err != nil {
 		return
 	}
@@ -245,19 +275,19 @@ func (t *Target) openMemFile(arg string) error {
 // Pause stops the VM's vCPUs (QMP stop) if it is running, and returns a
 // function that resumes it and reports how long it was paused.
 func (t *Target) Pause(ctx context.Context) (resume func() (time.Duration, error), err error) {
-	if t.QMP == nil {
+	if t.Monitor == nil {
 		return nil, fmt.Errorf("--pause needs a QMP socket (target %s has none)", t.Spec)
 	}
 	c, cancel := t.ctx(ctx)
 	defer cancel()
-	running, _, err := t.QMP.Status(c)
+	running, _, err := hv.Status(c, t.Monitor)
 	if err != nil {
 		return nil, err
 	}
 	if !running {
 		return func() (time.Duration, error) { return 0, nil }, nil
 	}
-	if _, err := t.QMP.Run(c, "stop", nil); err != nil {
+	if _, err := t.Monitor.Run(c, "stop", nil); err != nil {
 		return nil, err
 	}
 	start := time.Now()
@@ -265,7 +295,7 @@ func (t *Target) Pause(ctx context.Context) (resume func() (time.Duration, error
 	return func() (time.Duration, error) {
 		c, cancel := t.ctx(context.Background())
 		defer cancel()
-		_, err := t.QMP.Run(c, "cont", nil)
+		_, err := t.Monitor.Run(c, "cont", nil)
 		return time.Since(start), err
 	}, nil
 }
@@ -276,8 +306,8 @@ func (t *Target) Close() error {
 	if t.Mem != nil {
 		errs = append(errs, t.Mem.Close())
 	}
-	if t.QMP != nil {
-		errs = append(errs, t.QMP.Close())
+	if t.Monitor != nil && t.ownMonitor {
+		errs = append(errs, t.Monitor.Close())
 	}
 	return errors.Join(errs...)
 }

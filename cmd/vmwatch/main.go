@@ -84,7 +84,7 @@ information (BTF) in guest memory.`,
 	root.AddCommand(
 		newInfoCmd(g), newPsCmd(g), newPstreeCmd(g), newLsmodCmd(g),
 		newSocketsCmd(g), newDmesgCmd(g), newSymbolsCmd(g),
-		newCheckCmd(g), newBaselineCmd(g),
+		newCheckCmd(g), newBaselineCmd(g), newStatsCmd(g),
 	)
 	return root
 }

@@ -255,22 +255,6 @@ func (c *Client) HMP(ctx context.Context, line string) (string, error) {
 	return s, nil
 }
 
-// Status is the run state of the VM (query-status).
-func (c *Client) Status(ctx context.Context) (running bool, status string, err error) {
-	raw, err := c.Run(ctx, "query-status", nil)
-	if err != nil {
-		return false, "", err
-	}
-	var st struct {
-		Running bool   `json:"running"`
-		Status  string `json:"status"`
-	}
-	if err := json.Unmarshal(raw, &st); err != nil {
-		return false, "", err
-	}
-	return st.Running, st.Status, nil
-}
-
 // Close ends the connection.
 func (c *Client) Close() error {
 	return c.conn.Close()

@@ -73,9 +73,9 @@ func TestClient(t *testing.T) {
 	if c.Version != "7.2.2" || c.PID() != os.Getpid() {
 		t.Fatalf("version %s pid %d", c.Version, c.PID())
 	}
-	running, status, err := c.Status(ctx)
-	if err != nil || !running || status != "running" {
-		t.Fatalf("%v %s %v", running, status, err)
+	st, err := c.Run(ctx, "query-status", nil)
+	if err != nil || string(st) != `{"running": true, "status": "running"}` {
+		t.Fatalf("%s %v", st, err)
 	}
 	if _, err := c.Run(ctx, "bad", nil); err == nil || !strings.Contains(err.Error(), "no such thing") {
 		t.Fatalf("QMP error not passed on: %v", err)
