@@ -85,6 +85,7 @@ information (BTF) in guest memory.`,
 		newInfoCmd(g), newPsCmd(g), newPstreeCmd(g), newLsmodCmd(g),
 		newSocketsCmd(g), newDmesgCmd(g), newSymbolsCmd(g),
 		newCheckCmd(g), newBaselineCmd(g), newStatsCmd(g),
+		newServeCmd(g), newJournalCmd(g),
 	)
 	return root
 }
