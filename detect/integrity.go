@@ -3,6 +3,7 @@ package detect
 import (
 	"bytes"
 	"compress/gzip"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -20,6 +21,7 @@ import (
 // Baseline is the known-good content of a kernel's code and read-only
 // data: recorded once from a trusted state, compared on every check.
 type Baseline struct {
+	file      string
 	Release   string `json:"release"`
 	Banner    string `json:"banner"`
 	TextStart uint64 `json:"text_start"`
@@ -33,6 +35,33 @@ type BaselineRegion struct {
 	Start uint64 `json:"start"` // offset from _text
 	Data  []byte `json:"-"`
 	Size  int    `json:"size"`
+	// Pages are SHA-256 sums of each 4 KiB page, kept instead of Data by
+	// a compacted baseline (see Compact).
+	Pages [][sha256.Size]byte `json:"-"`
+}
+
+// Compact replaces the recorded bytes with a hash per page, so that a
+// daemon watching many VMs keeps kilobytes instead of tens of megabytes
+// per VM; the bytes are read back from file (the baseline's path) only
+// when a page differs.
+func (b *Baseline) Compact(file string) {
+	b.file = file
+	for i := range b.Regions {
+		r := &b.Regions[i]
+		if r.Data == nil {
+			continue
+		}
+		r.Pages = pageHashes(r.Data)
+		r.Data = nil
+	}
+}
+
+func pageHashes(d []byte) [][sha256.Size]byte {
+	out := make([][sha256.Size]byte, 0, (len(d)+4095)/4096)
+	for off := 0; off < len(d); off += 4096 {
+		out = append(out, sha256.Sum256(d[off:min(len(d), off+4096)]))
+	}
+	return out
 }
 
 // baselineRegions are the ranges recorded: kernel text and read-only data.
@@ -208,9 +237,36 @@ func compareBaseline(s *Snapshot, b *Baseline, sites []linux.PatchSite) ([]Findi
 		if !ok {
 			return out, fmt.Errorf("baseline region %s outside the kernel image", r.Name)
 		}
-		cur := make([]byte, len(r.Data))
+		cur := make([]byte, r.Size)
 		if _, err := s.K.Mem.ReadAt(cur, int64(p)); err != nil {
 			return out, fmt.Errorf("read kernel %s: %w", r.Name, err)
+		}
+		base := r.Data
+		if base == nil {
+			// compacted: compare page hashes, and read the recorded bytes
+			// back only if a page differs
+			same := true
+			for i, h := range pageHashes(cur) {
+				if i >= len(r.Pages) || h != r.Pages[i] {
+					same = false
+					break
+				}
+			}
+			if same && delta == 0 {
+				continue
+			}
+			full, err := LoadBaseline(b.file)
+			if err != nil {
+				return out, fmt.Errorf("baseline bytes: %w", err)
+			}
+			for _, fr := range full.Regions {
+				if fr.Name == r.Name {
+					base = fr.Data
+				}
+			}
+			if base == nil {
+				return out, fmt.Errorf("baseline %s has no region %s", b.file, r.Name)
+			}
 		}
 		// group changes by the function they fall in
 		type group struct {
@@ -219,7 +275,7 @@ func compareBaseline(s *Snapshot, b *Baseline, sites []linux.PatchSite) ([]Findi
 		}
 		groups := map[string]*group{}
 		var order []string
-		for _, c := range diffRegion(r.Data, cur, start, delta, sites) {
+		for _, c := range diffRegion(base, cur, start, delta, sites) {
 			sym, _, _ := s.K.Syms.Nearest(c.addr)
 			g := groups[sym.Name]
 			if g == nil {

@@ -66,3 +66,20 @@ func FuzzDiffRegion(f *testing.F) {
 		}
 	})
 }
+
+func TestCompactBaselineReadsBack(t *testing.T) {
+	data := bytes.Repeat([]byte{1, 2, 3, 4}, 4096)
+	b := &Baseline{Release: "r", Banner: "b", Regions: []BaselineRegion{{Name: "text", Data: bytes.Clone(data), Size: len(data)}}}
+	p := filepath.Join(t.TempDir(), "b")
+	if err := b.Save(p); err != nil {
+		t.Fatal(err)
+	}
+	b.Compact(p)
+	if b.Regions[0].Data != nil || len(b.Regions[0].Pages) != 4 {
+		t.Fatalf("not compacted: %d pages", len(b.Regions[0].Pages))
+	}
+	full, err := LoadBaseline(b.file)
+	if err != nil || !bytes.Equal(full.Regions[0].Data, data) {
+		t.Fatal("the recorded bytes are not readable back", err)
+	}
+}

@@ -51,7 +51,7 @@ func TestFindBTFAndTypes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ty := newBTFTypes(spec, "test")
+	ty := newBTFTypes(spec, blob, "test")
 	task, err := ty.Struct("task_struct")
 	if err != nil {
 		t.Fatal(err)
@@ -125,5 +125,29 @@ func FuzzFindBTF(f *testing.F) {
 			t.Fatalf("blob %d+%d outside %d-byte image", off, n, len(img))
 		}
 		btf.LoadSpecFromReader(bytes.NewReader(img[off : off+n]))
+	})
+}
+
+func TestBTFScan(t *testing.T) {
+	u32 := &btf.Int{Name: "unsigned int", Size: 4}
+	e := &btf.Enum{Name: "pid_type", Size: 4, Values: []btf.EnumValue{{Name: "PIDTYPE_PID", Value: 0}, {Name: "PIDTYPE_TGID", Value: 1}}}
+	e64 := &btf.Enum{Name: "big", Size: 8, Values: []btf.EnumValue{{Name: "BIG", Value: 1 << 40}}}
+	s := &btf.Struct{Name: "s", Size: 8, Members: []btf.Member{{Name: "a", Type: u32}, {Name: "e", Type: e, Offset: 32}}}
+	b, _ := btf.NewBuilder([]btf.Type{s, e64}, nil)
+	blob, err := b.Marshal(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enums, n, err := btfScan(blob)
+	if err != nil || n != 4 || enums["PIDTYPE_TGID"] != 1 || enums["BIG"] != 1<<40 {
+		t.Fatalf("%v %d %v", enums, n, err)
+	}
+}
+
+// FuzzBTFScan: a hostile BTF blob never panics or reads out of bounds.
+func FuzzBTFScan(f *testing.F) {
+	f.Add(testBTF(f))
+	f.Fuzz(func(t *testing.T, blob []byte) {
+		btfScan(blob)
 	})
 }

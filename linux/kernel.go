@@ -11,12 +11,14 @@ package linux
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf/btf"
@@ -57,6 +59,7 @@ type Kernel struct {
 	Banner   string
 	Steps    []Step
 	log      *slog.Logger
+	textBuf  []byte
 }
 
 var releaseRE = regexp.MustCompile(`^Linux version (\S+)`)
@@ -213,6 +216,15 @@ func (k *Kernel) loadSystemMap(path string) error {
 	return nil
 }
 
+// btfCache keeps the types of the kernel builds seen, by the hash of their
+// BTF: a daemon watching many VMs of one build decodes its types once.
+var btfCache = struct {
+	sync.Mutex
+	m map[[sha256.Size]byte]*btfTypes
+}{m: map[[sha256.Size]byte]*btfTypes{}}
+
+const maxCachedBTF = 16
+
 // BTF header: magic 0xeb9f, version 1, flags 0, header length 24.
 var btfMagic = []byte{0x9f, 0xeb, 0x01, 0x00, 0x18, 0x00, 0x00, 0x00}
 
@@ -276,13 +288,26 @@ func (k *Kernel) loadBTF(img []byte) error {
 	if err != nil {
 		return err
 	}
+	sum := sha256.Sum256(img[off : off+n])
+	k.BTFSize = n
+	// VMs that run the same kernel build share its types
+	btfCache.Lock()
+	defer btfCache.Unlock()
+	if t, ok := btfCache.m[sum]; ok {
+		k.Types = t
+		return nil
+	}
 	blob := append([]byte(nil), img[off:off+n]...)
 	spec, err := btf.LoadSpecFromReader(bytes.NewReader(blob))
 	if err != nil {
 		return fmt.Errorf("parse BTF at %#x (%d bytes): %w", k.Loc.TextStart+uint64(off), n, err)
 	}
-	k.Types = newBTFTypes(spec, fmt.Sprintf("BTF in guest memory at %#x", k.Loc.TextStart+uint64(off)))
-	k.BTFSize = n
+	t := newBTFTypes(spec, blob, fmt.Sprintf("BTF in guest memory (%s)", humanBytes(uint64(n))))
+	if len(btfCache.m) >= maxCachedBTF {
+		clear(btfCache.m)
+	}
+	btfCache.m[sum] = t
+	k.Types = t
 	return nil
 }
 

@@ -163,7 +163,11 @@ func (k *Kernel) TextBytes() (start uint64, b []byte, err error) {
 	if !ok {
 		return 0, nil, fmt.Errorf("_stext %#x outside the kernel image", s)
 	}
-	b = make([]byte, e-s)
+	// one buffer per kernel, reused by every check
+	if uint64(cap(k.textBuf)) < e-s {
+		k.textBuf = make([]byte, e-s)
+	}
+	b = k.textBuf[:e-s]
 	if _, err := k.Mem.ReadAt(b, int64(p)); err != nil {
 		return 0, nil, fmt.Errorf("kernel text: %w", err)
 	}

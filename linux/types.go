@@ -200,30 +200,23 @@ var ErrNoType = errors.New("type not found")
 
 // btfTypes converts BTF (cilium/ebpf) into Types on demand.
 type btfTypes struct {
-	spec      *btf.Spec
-	countOnce sync.Once
-	count     int
-	source    string
+	spec   *btf.Spec
+	count  int
+	source string
 
-	mu        sync.Mutex
-	conv      map[btf.Type]*Type
-	enumsOnce sync.Once
-	enums     map[string]int64
+	mu    sync.Mutex
+	conv  map[btf.Type]*Type
+	enums map[string]int64 // every enumerator, from a scan of the raw BTF
 }
 
-func newBTFTypes(spec *btf.Spec, source string) *btfTypes {
-	return &btfTypes{spec: spec, source: source, conv: map[btf.Type]*Type{}}
+func newBTFTypes(spec *btf.Spec, blob []byte, source string) *btfTypes {
+	b := &btfTypes{spec: spec, source: source, conv: map[btf.Type]*Type{}}
+	b.enums, b.count, _ = btfScan(blob)
+	return b
 }
 
-// Count decodes every type to count them, so it is only done when asked.
-func (b *btfTypes) Count() int {
-	b.countOnce.Do(func() {
-		for range b.spec.All() {
-			b.count++
-		}
-	})
-	return b.count
-}
+// Count is the number of types.
+func (b *btfTypes) Count() int { return b.count }
 
 func (b *btfTypes) Source() string  { return b.source }
 func (b *btfTypes) Spec() *btf.Spec { return b.spec }
@@ -266,21 +259,6 @@ func (b *btfTypes) Enum(name string) (*Type, error) {
 }
 
 func (b *btfTypes) EnumConstant(name string) (int64, error) {
-	b.enumsOnce.Do(func() {
-		b.enums = map[string]int64{}
-		for t, err := range b.spec.All() {
-			if err != nil {
-				break
-			}
-			if e, ok := t.(*btf.Enum); ok {
-				for _, v := range e.Values {
-					if _, dup := b.enums[v.Name]; !dup {
-						b.enums[v.Name] = int64(v.Value)
-					}
-				}
-			}
-		}
-	})
 	v, ok := b.enums[name]
 	if !ok {
 		return 0, fmt.Errorf("enumerator %s: %w in %s", name, ErrNoType, b.source)
