@@ -43,16 +43,26 @@ bench: deps
 
 demo: deps
 	$(MAKE) --no-print-directory build
-	@$(BIN)/vmwatch-guest stop --dir $(DEMO_DIR) 2>/dev/null || true
-	$(BIN)/vmwatch-guest start --kernel 6.1 --dir $(DEMO_DIR)
+	@$(MAKE) --no-print-directory demo-stop >/dev/null 2>&1 || true
+	$(BIN)/vmwatch-guest start --kernel 6.1 --name demo --dir $(DEMO_DIR)
+	$(BIN)/vmwatch-guest start --kernel 6.12 --name demo2 --dir $(DEMO_DIR)2
 	$(BIN)/vmwatch info -t qmp:$(DEMO_DIR)/qmp.sock
 	$(BIN)/vmwatch ps -t qmp:$(DEMO_DIR)/qmp.sock
+	@mkdir -p $(DEMO_DIR)-serve
+	@nohup $(BIN)/vmwatch serve --qmp demo=$(DEMO_DIR)/qmp.sock --qmp demo2=$(DEMO_DIR)2/qmp.sock \
+		--state-dir $(DEMO_DIR)-serve --listen 127.0.0.1:8080 --log-level info \
+		> $(DEMO_DIR)-serve/serve.log 2>&1 & echo $$! > $(DEMO_DIR)-serve/serve.pid
+	@sleep 2; grep -m1 dashboard $(DEMO_DIR)-serve/serve.log || (cat $(DEMO_DIR)-serve/serve.log; exit 1)
 	@echo
-	@echo "The guest keeps running. Try: $(BIN)/vmwatch sockets -t qmp:$(DEMO_DIR)/qmp.sock"
-	@echo "Stop it with: make demo-stop   (or $(BIN)/vmwatch-guest stop --dir $(DEMO_DIR))"
+	@echo "The guests and vmwatch serve keep running: open http://127.0.0.1:8080/"
+	@echo "serve holds the QMP sockets (QEMU serves one client); the command line can still read the guests by pid:"
+	@echo "  $(BIN)/vmwatch check -t pid:$$(cat $(DEMO_DIR)/qemu.pid)"
+	@echo "Stop everything with: make demo-stop"
 
 demo-stop:
-	$(BIN)/vmwatch-guest stop --dir $(DEMO_DIR)
+	-@test -f $(DEMO_DIR)-serve/serve.pid && kill $$(cat $(DEMO_DIR)-serve/serve.pid) 2>/dev/null; rm -f $(DEMO_DIR)-serve/serve.pid
+	-$(BIN)/vmwatch-guest stop --dir $(DEMO_DIR)
+	-$(BIN)/vmwatch-guest stop --dir $(DEMO_DIR)2
 
 clean:
 	rm -rf $(BIN)

@@ -2,13 +2,17 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/vmwatch/vmwatch/detect"
 	"github.com/vmwatch/vmwatch/linux"
@@ -188,4 +192,80 @@ func BenchmarkCheck(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkServe10: one daemon watches 10 guests at the default intervals
+// (10 s) for a minute; it reports the daemon's CPU use, its peak resident
+// memory and the VMs' cycle times. Run with -benchtime 1x.
+func BenchmarkServe10(b *testing.B) {
+	var qmps []string
+	for i := 0; i < 10; i++ {
+		series := Kernels[i%2]
+		vm := guest(b, fmt.Sprintf("bench10-%d", i), func(k *testvm.Kernel) testvm.Config { return testvm.Config{} }, series)
+		qmps = append(qmps, "--qmp", fmt.Sprintf("vm%d=%s", i, vm.QMPPath))
+	}
+	for n := 0; n < b.N; n++ {
+		state := b.TempDir()
+		port := freePort(b)
+		cmd := exec.Command(vmwatchBin, append([]string{"serve", "--no-libvirt", "--state-dir", state, "--listen", fmt.Sprintf("127.0.0.1:%d", port)}, qmps...)...)
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		url := fmt.Sprintf("http://127.0.0.1:%d", port)
+		time.Sleep(15 * time.Second) // every VM bootstrapped and checked once
+		cpu0 := procCPU(b, cmd.Process.Pid)
+		const window = 60 * time.Second
+		time.Sleep(window)
+		cpu := procCPU(b, cmd.Process.Pid) - cpu0
+		hwm := procHWM(b, cmd.Process.Pid)
+		var vms []apiVM
+		resp, err := http.Get(url + "/api/vms")
+		if err != nil {
+			b.Fatal(err)
+		}
+		json.NewDecoder(resp.Body).Decode(&vms)
+		resp.Body.Close()
+		var sum, worst float64
+		for _, v := range vms {
+			if v.State != "running" || v.Kernel == "" {
+				b.Errorf("%s: %s %s", v.Name, v.State, v.Error)
+			}
+			sum += v.CycleMs
+			worst = max(worst, v.CycleMs)
+		}
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		b.ReportMetric(cpu/window.Seconds()*100, "daemon-CPU-%")
+		b.ReportMetric(float64(hwm)/(1<<20), "peak-RSS-MiB")
+		b.ReportMetric(sum/float64(len(vms)), "cycle-ms-mean")
+		b.ReportMetric(worst, "cycle-ms-max")
+		b.ReportMetric(float64(len(vms)), "VMs")
+	}
+}
+
+// procCPU is a process's user+system CPU time in seconds.
+func procCPU(b *testing.B, pid int) float64 {
+	s, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := strings.Fields(string(s)[strings.LastIndexByte(string(s), ')')+1:])
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100
+}
+
+// procHWM is a process's peak resident memory in bytes.
+func procHWM(b *testing.B, pid int) uint64 {
+	s, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, l := range strings.Split(string(s), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			kb, _ := strconv.ParseUint(strings.Fields(v)[0], 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
 }

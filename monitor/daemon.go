@@ -29,6 +29,9 @@ type Daemon struct {
 	wg   sync.WaitGroup
 
 	started time.Time
+	// bootstraps bounds how many VMs find their kernel at once (each reads
+	// its kernel image, tens of megabytes, into memory for a moment)
+	bootstraps chan struct{}
 }
 
 // New prepares a daemon: it opens the journal and loads the rules.
@@ -62,7 +65,7 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 			return nil, err
 		}
 	}
-	d := &Daemon{cfg: cfg, log: log, j: j, rules: rules, vms: map[string]*VM{}}
+	d := &Daemon{cfg: cfg, log: log, j: j, rules: rules, vms: map[string]*VM{}, bootstraps: make(chan struct{}, 2)}
 	if cfg.Yara != "" {
 		if d.yara, err = detect.CompileYara(cfg.Yara); err != nil {
 			j.Close()

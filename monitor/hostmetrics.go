@@ -125,3 +125,57 @@ func statFields(s string) []string {
 	}
 	return strings.Fields(s[i+1:])
 }
+
+// libvirtMetrics takes the host-side figures from libvirt's domain
+// statistics (what `virsh domstats` prints), which know the network.
+func libvirtMetrics(st map[string]any, m map[string]float64) {
+	num := func(k string) (float64, bool) {
+		switch v := st[k].(type) {
+		case uint64:
+			return float64(v), true
+		case int64:
+			return float64(v), true
+		case uint32:
+			return float64(v), true
+		case int32:
+			return float64(v), true
+		case float64:
+			return v, true
+		}
+		return 0, false
+	}
+	str := func(k string) string { s, _ := st[k].(string); return s }
+	if v, ok := num("cpu.time"); ok {
+		m["cpu_seconds"] = v / 1e9
+	}
+	if v, ok := num("balloon.current"); ok {
+		m["balloon_bytes"] = v * 1024
+	}
+	if n, ok := num("block.count"); ok {
+		for i := 0; i < int(n); i++ {
+			p := fmt.Sprintf("block.%d.", i)
+			name := str(p + "name")
+			for k, metric := range map[string]string{"rd.bytes": "block_read_bytes", "wr.bytes": "block_write_bytes", "rd.reqs": "block_read_requests", "wr.reqs": "block_write_requests"} {
+				if v, ok := num(p + k); ok {
+					m[metric+":"+name] = v
+				}
+			}
+			for k, metric := range map[string]string{"rd.times": "block_read_seconds", "wr.times": "block_write_seconds"} {
+				if v, ok := num(p + k); ok {
+					m[metric+":"+name] = v / 1e9
+				}
+			}
+		}
+	}
+	if n, ok := num("net.count"); ok {
+		for i := 0; i < int(n); i++ {
+			p := fmt.Sprintf("net.%d.", i)
+			name := str(p + "name")
+			for k, metric := range map[string]string{"rx.bytes": "net_rx_bytes", "tx.bytes": "net_tx_bytes", "rx.pkts": "net_rx_packets", "tx.pkts": "net_tx_packets"} {
+				if v, ok := num(p + k); ok {
+					m[metric+":"+name] = v
+				}
+			}
+		}
+	}
+}

@@ -279,6 +279,12 @@ func (vm *VM) ensureKernel(ctx context.Context) error {
 		vm.tg, vm.k = nil, nil
 		vm.mu.Unlock()
 	}
+	select {
+	case vm.d.bootstraps <- struct{}{}:
+		defer func() { <-vm.d.bootstraps }()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	tg, err := target.FromMonitor(ctx, vm.Name, vm.mon, target.Options{})
 	if err != nil {
 		return err
@@ -336,6 +342,13 @@ func (vm *VM) collect(ctx context.Context, now time.Time, m map[string]float64) 
 		}
 		vm.prevHost, vm.prevTime = &hs, now
 		m["vcpus"] = float64(hs.VCPUs)
+	}
+	if ls, ok := vm.conn.(interface {
+		stats(context.Context) (map[string]any, error)
+	}); ok {
+		if lst, err := ls.stats(ctx); err == nil {
+			libvirtMetrics(lst, m)
+		}
 	}
 	st, err := vm.k.Stats()
 	if err == nil {
@@ -450,6 +463,7 @@ func (vm *VM) loadOrRecordBaseline() (*detect.Baseline, error) {
 	}
 	p := filepath.Join(dir, safeName(vm.Name)+"-"+safeName(vm.k.Release)+".baseline")
 	if b, err := detect.LoadBaseline(p); err == nil && b.Banner == vm.k.Banner {
+		b.Compact(p)
 		return b, nil
 	}
 	b, err := detect.RecordBaseline(vm.k)
@@ -459,6 +473,7 @@ func (vm *VM) loadOrRecordBaseline() (*detect.Baseline, error) {
 	if err := b.Save(p); err != nil {
 		return nil, err
 	}
+	b.Compact(p)
 	vm.d.log.Info("kernel baseline recorded", "vm", vm.Name, "file", p)
 	return b, nil
 }
@@ -525,6 +540,12 @@ func (vm *VM) pause(ctx context.Context) error {
 	}
 	_, err := m.Run(ctx, "stop", nil)
 	return err
+}
+
+func (vm *VM) currentState() string {
+	vm.mu.RLock()
+	defer vm.mu.RUnlock()
+	return vm.state
 }
 
 func (vm *VM) monitor() hv.Monitor {

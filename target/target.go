@@ -14,6 +14,7 @@ import (
 
 	"github.com/vmwatch/vmwatch/guestmem"
 	"github.com/vmwatch/vmwatch/hv"
+	"github.com/vmwatch/vmwatch/hv/lv"
 	"github.com/vmwatch/vmwatch/hv/qmp"
 )
 
@@ -27,6 +28,8 @@ type Options struct {
 	Machine string
 	// Timeout bounds each QMP command (default 5 s).
 	Timeout time.Duration
+	// LibvirtURI is the libvirt connection of libvirt: targets (default qemu:///system).
+	LibvirtURI string
 }
 
 // Target is an opened guest.
@@ -41,10 +44,11 @@ type Target struct {
 	opt     Options
 	// ownMonitor: Close closes the monitor (it was dialled by Open)
 	ownMonitor bool
+	closers    []func() error
 }
 
 // Usage describes the accepted target forms.
-const Usage = "qmp:PATH (QEMU's QMP socket), pid:N (QEMU process), dump:PATH (raw, ELF core or LiME), memfile:PATH[,machine=q35|pc] (shared memory-backend file)"
+const Usage = "qmp:PATH (QEMU's QMP socket), libvirt:DOMAIN, pid:N (QEMU process), dump:PATH (raw, ELF core or LiME), memfile:PATH[,machine=q35|pc] (shared memory-backend file)"
 
 // Open opens a target.
 func Open(ctx context.Context, spec string, opt Options) (*Target, error) {
@@ -76,7 +80,7 @@ func Open(ctx context.Context, spec string, opt Options) (*Target, error) {
 	case "memfile":
 		err = t.openMemFile(arg)
 	case "libvirt":
-		err = errors.New("libvirt targets are not supported yet; use qmp:PATH with a socket of your own (-qmp unix:PATH,server=on,wait=off) or pid:N of the domain's QEMU")
+		err = t.openLibvirt(ctx, arg)
 	default:
 		err = fmt.Errorf("unknown kind %q: want one of %s", kind, Usage)
 	}
@@ -102,6 +106,32 @@ func (t *Target) openQMP(ctx context.Context, path string) error {
 	if cl.PID() == 0 {
 		return fmt.Errorf("cannot tell which process serves QMP socket %s (SO_PEERCRED failed)", path)
 	}
+	return t.fromMonitor(ctx)
+}
+
+// openLibvirt reaches a libvirt domain's QEMU through libvirt's monitor
+// pass-through; its memory is read from the QEMU process.
+func (t *Target) openLibvirt(ctx context.Context, name string) error {
+	uri := t.opt.LibvirtURI
+	if uri == "" {
+		uri = "qemu:///system"
+	}
+	c, err := lv.Dial(uri)
+	if err != nil {
+		return err
+	}
+	t.closers = append(t.closers, c.Close)
+	cctx, cancel := t.ctx(ctx)
+	defer cancel()
+	dom, err := c.Lookup(cctx, name)
+	if err != nil {
+		return fmt.Errorf("libvirt domain %s: %w", name, err)
+	}
+	m := c.NewMonitor(dom)
+	if m.PID() == 0 {
+		return fmt.Errorf("libvirt domain %s is not running (no /run/libvirt/qemu/%s.pid)", name, name)
+	}
+	t.Monitor = m
 	return t.fromMonitor(ctx)
 }
 
@@ -308,6 +338,9 @@ func (t *Target) Close() error {
 	}
 	if t.Monitor != nil && t.ownMonitor {
 		errs = append(errs, t.Monitor.Close())
+	}
+	for _, c := range t.closers {
+		errs = append(errs, c())
 	}
 	return errors.Join(errs...)
 }

@@ -44,6 +44,9 @@ type Config struct {
 	// Detach lets QEMU outlive this process (for `make demo`); stop it with
 	// StopDir.
 	Detach bool
+	// Libvirt runs the guest as a transient libvirt domain (named Name,
+	// type qemu, guest RAM in a shared memfd) instead of starting QEMU.
+	Libvirt bool
 }
 
 // VM is a running test guest.
@@ -150,6 +153,13 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	if cfg.MemFile != "" {
 		os.WriteFile(filepath.Join(vm.Dir, "memfile"), []byte(cfg.MemFile+"\n"), 0o644)
 	}
+	if cfg.Libvirt {
+		if err := vm.bootLibvirt(ctx, initrd); err != nil {
+			vm.Stop()
+			return nil, err
+		}
+		return vm, nil
+	}
 	accel := cfg.Accel
 	if accel == "" {
 		accel = os.Getenv("VMWATCH_ACCEL")
@@ -246,6 +256,11 @@ func (vm *VM) consoleTail() string {
 
 // PID is the QEMU process id.
 func (vm *VM) PID() int {
+	if vm.Libvirt {
+		b, _ := os.ReadFile("/run/libvirt/qemu/" + vm.Name + ".pid")
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		return pid
+	}
 	if vm.cmd == nil || vm.cmd.Process == nil {
 		return 0
 	}
@@ -274,6 +289,9 @@ func (vm *VM) Stop() {
 	if vm.cmd != nil && vm.cmd.Process != nil {
 		vm.cmd.Process.Kill()
 		<-vm.exited
+	}
+	if vm.Libvirt {
+		exec.Command("virsh", "-c", "qemu:///system", "destroy", vm.Name).Run()
 	}
 	if vm.MemFile != "" {
 		os.Remove(vm.MemFile)
@@ -412,9 +430,12 @@ func (s *Shell) Run(command string, d time.Duration) (string, error) {
 // Close disconnects from the serial port (the guest shell stays up).
 func (s *Shell) Close() error { return s.conn.Close() }
 
-// QMP runs one command on the guest's control socket and returns its
-// answer.
+// QMP runs one command on the guest's control socket (libvirt's monitor
+// pass-through for libvirt guests) and returns its answer.
 func (vm *VM) QMP(command string, args any) (json.RawMessage, error) {
+	if vm.Libvirt {
+		return virshQMP(vm.Name, command, args)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	c, err := qmp.Dial(ctx, vm.ControlPath)

@@ -16,6 +16,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -61,6 +63,11 @@ func New(d *monitor.Daemon, log *slog.Logger) (*Server, error) {
 	s.mux.HandleFunc("GET /vm/{name}", s.page("vm"))
 	s.mux.HandleFunc("GET /journal", s.page("journal"))
 	s.mux.HandleFunc("GET /login", s.login)
+	if os.Getenv("VMWATCH_PPROF") != "" { // profiling, behind the token like everything else
+		s.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		s.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		s.mux.HandleFunc("GET /debug/pprof/heap", pprof.Index)
+	}
 	return s, nil
 }
 
@@ -212,7 +219,9 @@ func (s *Server) apiVMView(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (s *Server) apiJournal(w http.ResponseWriter, r *http.Request) { s.journal(w, r, r.URL.Query().Get("vm")) }
+func (s *Server) apiJournal(w http.ResponseWriter, r *http.Request) {
+	s.journal(w, r, r.URL.Query().Get("vm"))
+}
 
 func (s *Server) journal(w http.ResponseWriter, r *http.Request, vm string) {
 	limit := 100

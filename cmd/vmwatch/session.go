@@ -10,7 +10,7 @@ import (
 	"github.com/vmwatch/vmwatch/target"
 )
 
-const targetUsage = "qmp:PATH | pid:N | dump:PATH | memfile:PATH[,machine=q35|pc]"
+const targetUsage = "qmp:PATH | libvirt:DOMAIN | pid:N | dump:PATH | memfile:PATH[,machine=q35|pc]"
 
 // session is one opened guest with its kernel located.
 type session struct {

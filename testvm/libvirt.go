@@ -1,0 +1,122 @@
+package testvm
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"libvirt.org/go/libvirtxml"
+)
+
+// DomainXML is the libvirt domain of a test guest: direct kernel boot,
+// q35 with ACPI and APIC (without them PCI interrupts fail), guest RAM in a
+// shared memfd, the shell on a unix socket and the console in a file.
+func (vm *VM) DomainXML(initrd string) (string, error) {
+	dom := &libvirtxml.Domain{
+		Type: "qemu", Name: vm.Name,
+		Memory: &libvirtxml.DomainMemory{Value: uint(vm.MemoryMB), Unit: "MiB"},
+		VCPU:   &libvirtxml.DomainVCPU{Value: uint(vm.CPUs)},
+		OS: &libvirtxml.DomainOS{
+			Type:   &libvirtxml.DomainOSType{Arch: "x86_64", Machine: vm.Machine, Type: "hvm"},
+			Kernel: vm.Kernel.Vmlinuz, Initrd: initrd, Cmdline: "console=ttyS1 panic=-1 loglevel=7",
+		},
+		Features:      &libvirtxml.DomainFeatureList{ACPI: &libvirtxml.DomainFeature{}, APIC: &libvirtxml.DomainFeatureAPIC{}},
+		MemoryBacking: &libvirtxml.DomainMemoryBacking{MemorySource: &libvirtxml.DomainMemorySource{Type: "memfd"}, MemoryAccess: &libvirtxml.DomainMemoryAccess{Mode: "shared"}},
+		OnCrash:       "destroy",
+		Devices: &libvirtxml.DomainDeviceList{
+			Serials: []libvirtxml.DomainSerial{
+				{Source: &libvirtxml.DomainChardevSource{UNIX: &libvirtxml.DomainChardevSourceUNIX{Mode: "bind", Path: vm.SerialPath}}, Target: &libvirtxml.DomainSerialTarget{Port: uintp(0)}},
+				{Source: &libvirtxml.DomainChardevSource{File: &libvirtxml.DomainChardevSourceFile{Path: vm.ConsoleLog}}, Target: &libvirtxml.DomainSerialTarget{Port: uintp(1)}},
+			},
+		},
+	}
+	return dom.Marshal()
+}
+
+func uintp(v uint) *uint { return &v }
+
+// bootLibvirt creates the guest as a transient domain and waits for its shell.
+func (vm *VM) bootLibvirt(ctx context.Context, initrd string) error {
+	vm.Accel = "tcg (libvirt)"
+	// QEMU runs as libvirt's user: it must reach the files and create the sockets
+	if err := os.Chmod(vm.Dir, 0o777); err != nil {
+		return err
+	}
+	os.Chmod(initrd, 0o644)
+	xml, err := vm.DomainXML(initrd)
+	if err != nil {
+		return err
+	}
+	p := filepath.Join(vm.Dir, "domain.xml")
+	if err := os.WriteFile(p, []byte(xml), 0o644); err != nil {
+		return err
+	}
+	exec.Command("virsh", "-c", "qemu:///system", "destroy", vm.Name).Run() // a leftover of an earlier run
+	if out, err := exec.Command("virsh", "-c", "qemu:///system", "create", p).CombinedOutput(); err != nil {
+		return fmt.Errorf("virsh create %s: %v: %s", vm.Name, err, out)
+	}
+	deadline := time.Now().Add(vm.BootTimeout)
+	for {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("libvirt guest %s did not boot within %v; console: %s", vm.Name, vm.BootTimeout, vm.consoleTail())
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+		if vm.shell == nil {
+			sh, err := DialShell(vm.SerialPath)
+			if err != nil {
+				continue
+			}
+			vm.shell = sh
+		}
+		if _, err := vm.shell.Run("echo ok", 2*time.Second); err == nil {
+			return nil
+		}
+	}
+}
+
+// virshQMP runs a QMP command through libvirt's monitor pass-through.
+func virshQMP(domain, command string, args any) (json.RawMessage, error) {
+	req := map[string]any{"execute": command}
+	if args != nil {
+		req["arguments"] = args
+	}
+	b, _ := json.Marshal(req)
+	out, err := exec.Command("virsh", "-c", "qemu:///system", "qemu-monitor-command", domain, string(b)).Output()
+	if err != nil {
+		return nil, fmt.Errorf("virsh qemu-monitor-command %s %s: %w", domain, command, err)
+	}
+	var resp struct {
+		Return json.RawMessage `json:"return"`
+	}
+	if err := json.Unmarshal(out, &resp); err != nil {
+		return nil, err
+	}
+	return resp.Return, nil
+}
+
+// EnsureLibvirtd starts virtlogd and libvirtd (as root) unless libvirtd's
+// socket answers already.
+func EnsureLibvirtd() error {
+	if exec.Command("virsh", "-c", "qemu:///system", "version").Run() == nil {
+		return nil
+	}
+	exec.Command("virtlogd", "-d").Run()
+	if out, err := exec.Command("libvirtd", "-d").CombinedOutput(); err != nil {
+		return fmt.Errorf("libvirtd -d: %v: %s (apt-get install libvirt-daemon-system)", err, out)
+	}
+	for i := 0; i < 50; i++ {
+		if exec.Command("virsh", "-c", "qemu:///system", "version").Run() == nil {
+			return nil
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return fmt.Errorf("libvirtd does not answer on qemu:///system")
+}
