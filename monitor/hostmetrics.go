@@ -151,29 +151,26 @@ func libvirtMetrics(st map[string]any, m map[string]float64) {
 	if v, ok := num("balloon.current"); ok {
 		m["balloon_bytes"] = v * 1024
 	}
-	if n, ok := num("block.count"); ok {
-		for i := 0; i < int(n); i++ {
-			p := fmt.Sprintf("block.%d.", i)
-			name := str(p + "name")
-			for k, metric := range map[string]string{"rd.bytes": "block_read_bytes", "wr.bytes": "block_write_bytes", "rd.reqs": "block_read_requests", "wr.reqs": "block_write_requests"} {
-				if v, ok := num(p + k); ok {
-					m[metric+":"+name] = v
-				}
-			}
-			for k, metric := range map[string]string{"rd.times": "block_read_seconds", "wr.times": "block_write_seconds"} {
-				if v, ok := num(p + k); ok {
-					m[metric+":"+name] = v / 1e9
-				}
-			}
-		}
+	// per device: libvirt's field, vmwatch's metric, and the unit divisor
+	type field struct {
+		key, metric string
+		div         float64
 	}
-	if n, ok := num("net.count"); ok {
-		for i := 0; i < int(n); i++ {
-			p := fmt.Sprintf("net.%d.", i)
+	for _, dev := range []struct {
+		count  string
+		prefix string
+		fields []field
+	}{
+		{"block.count", "block", []field{{"rd.bytes", "block_read_bytes", 1}, {"wr.bytes", "block_write_bytes", 1}, {"rd.reqs", "block_read_requests", 1}, {"wr.reqs", "block_write_requests", 1}, {"rd.times", "block_read_seconds", 1e9}, {"wr.times", "block_write_seconds", 1e9}}},
+		{"net.count", "net", []field{{"rx.bytes", "net_rx_bytes", 1}, {"tx.bytes", "net_tx_bytes", 1}, {"rx.pkts", "net_rx_packets", 1}, {"tx.pkts", "net_tx_packets", 1}}},
+	} {
+		n, _ := num(dev.count)
+		for i := 0; i < int(n) && i < 256; i++ {
+			p := fmt.Sprintf("%s.%d.", dev.prefix, i)
 			name := str(p + "name")
-			for k, metric := range map[string]string{"rx.bytes": "net_rx_bytes", "tx.bytes": "net_tx_bytes", "rx.pkts": "net_rx_packets", "tx.pkts": "net_tx_packets"} {
-				if v, ok := num(p + k); ok {
-					m[metric+":"+name] = v
+			for _, f := range dev.fields {
+				if v, ok := num(p + f.key); ok {
+					m[f.metric+":"+name] = v / f.div
 				}
 			}
 		}

@@ -59,27 +59,7 @@ func (vm *VM) bootLibvirt(ctx context.Context, initrd string) error {
 	if out, err := exec.Command("virsh", "-c", "qemu:///system", "create", p).CombinedOutput(); err != nil {
 		return fmt.Errorf("virsh create %s: %v: %s", vm.Name, err, out)
 	}
-	deadline := time.Now().Add(vm.BootTimeout)
-	for {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("libvirt guest %s did not boot within %v; console: %s", vm.Name, vm.BootTimeout, vm.consoleTail())
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-		if vm.shell == nil {
-			sh, err := DialShell(vm.SerialPath)
-			if err != nil {
-				continue
-			}
-			vm.shell = sh
-		}
-		if _, err := vm.shell.Run("echo ok", 2*time.Second); err == nil {
-			return nil
-		}
-	}
+	return vm.waitShell(ctx, "libvirt guest "+vm.Name, nil)
 }
 
 // virshQMP runs a QMP command through libvirt's monitor pass-through.

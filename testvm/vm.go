@@ -219,13 +219,19 @@ func (vm *VM) boot(ctx context.Context, accel, initrd string) error {
 	}
 	vm.exited = make(chan struct{})
 	go func() { vm.cmd.Wait(); logf.Close(); close(vm.exited) }()
+	return vm.waitShell(ctx, fmt.Sprintf("guest %s (%s, %s)", vm.Name, vm.Kernel.Release, accel), vm.exited)
+}
+
+// waitShell waits until the guest's serial shell answers, the boot
+// timeout passes, or exited (when not nil) closes because QEMU stopped.
+func (vm *VM) waitShell(ctx context.Context, what string, exited <-chan struct{}) error {
 	deadline := time.Now().Add(vm.BootTimeout)
 	for {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("guest %s (%s, %s) did not boot within %v; console: %s", vm.Name, vm.Kernel.Release, accel, vm.BootTimeout, vm.consoleTail())
+			return fmt.Errorf("%s did not boot within %v; console: %s", what, vm.BootTimeout, vm.consoleTail())
 		}
 		select {
-		case <-vm.exited:
+		case <-exited:
 			b, _ := os.ReadFile(filepath.Join(vm.Dir, "qemu.log"))
 			return fmt.Errorf("qemu exited during boot: %s; console: %s", strings.TrimSpace(string(b)), vm.consoleTail())
 		case <-ctx.Done():
