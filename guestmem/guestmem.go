@@ -83,6 +83,10 @@ type SegmentMap struct {
 	closer func() error
 }
 
+// MaxPhysAddr bounds guest physical addresses: x86-64 page tables hold at
+// most 52 address bits, so memory above it is a malformed source.
+const MaxPhysAddr = 1 << 52
+
 // NewSegmentMap sorts segs and checks that they do not overlap.
 func NewSegmentMap(desc string, segs []Segment, closer func() error) (*SegmentMap, error) {
 	s := append([]Segment(nil), segs...)
@@ -90,6 +94,9 @@ func NewSegmentMap(desc string, segs []Segment, closer func() error) (*SegmentMa
 	for i := range s {
 		if s[i].End <= s[i].Start {
 			return nil, fmt.Errorf("guestmem: empty or inverted segment %v", s[i].Range)
+		}
+		if s[i].End > MaxPhysAddr {
+			return nil, fmt.Errorf("guestmem: segment %v lies beyond the largest x86 physical address %#x", s[i].Range, uint64(MaxPhysAddr))
 		}
 		if i > 0 && s[i].Start < s[i-1].End {
 			return nil, fmt.Errorf("guestmem: segments %v and %v overlap", s[i-1].Range, s[i].Range)
