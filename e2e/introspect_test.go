@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"crypto/md5"
 	"encoding/hex"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/vmwatch/vmwatch/linux"
+	"github.com/vmwatch/vmwatch/target"
 	"github.com/vmwatch/vmwatch/testvm"
 )
 
@@ -459,6 +461,104 @@ func TestGuestStats(t *testing.T) {
 				near(fmt.Sprintf("RSS of %d", pid), p.RSS, want*1024, 0.1)
 				break
 			}
+		}
+	})
+}
+
+// TestVMAs: a process's mappings read from guest memory match its
+// /proc/PID/maps (range, permissions, file), and the kernel's own mappings
+// ([vdso], and nothing else without a file and executable) are marked
+// special, so the anonymous-executable-memory check leaves them alone.
+func TestVMAs(t *testing.T) {
+	forEachKernel(t, func(t *testing.T, series string) {
+		vm := standard(t, series)
+		if _, err := vm.Run("sleep 1000 &"); err != nil {
+			t.Fatal(err)
+		}
+		pidOut, err := vm.Run("pidof sleep | cut -d' ' -f1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid, err := strconv.ParseInt(strings.TrimSpace(pidOut), 10, 64)
+		if err != nil {
+			t.Fatalf("pidof sleep: %q", pidOut)
+		}
+		defer vm.Run(fmt.Sprintf("kill %d", pid))
+		maps, err := vm.Run(fmt.Sprintf("cat /proc/%d/maps", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tg, err := target.Open(context.Background(), fmt.Sprintf("pid:%d", vm.PID()), target.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tg.Close()
+		k, err := linux.Open(tg.Mem, linux.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps, err := k.Processes(linux.PSOptions{NoCmdline: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mm linux.Addr
+		for _, p := range ps {
+			if p.PID == pid {
+				mm = p.Mm
+			}
+		}
+		if mm == 0 {
+			t.Fatalf("pid %d: no mm in the task list", pid)
+		}
+		vmas, err := k.VMAs(uint64(mm), true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want []string
+		for _, line := range strings.Split(strings.TrimSpace(maps), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 5 {
+				continue
+			}
+			name := ""
+			if len(f) >= 6 {
+				name = f[5]
+			}
+			if name == "[vsyscall]" {
+				continue // the fixed legacy page is no VMA
+			}
+			want = append(want, fmt.Sprintf("%s %s %s", f[0], f[1][:3], name))
+		}
+		var got []string
+		specials := 0
+		for _, v := range vmas {
+			name := v.File
+			switch {
+			case v.Special:
+				name = "[special]"
+				specials++
+			case v.FileAddr == 0:
+				name = "" // [heap], [stack] and plain anonymous memory
+			}
+			got = append(got, fmt.Sprintf("%08x-%08x %s %s", uint64(v.Start), uint64(v.End), v.Perms(), name))
+		}
+		for i := range want {
+			// /proc names the kernel's mappings and the heap and stack
+			for _, n := range []string{"[vdso]", "[vvar]", "[heap]", "[stack]"} {
+				if strings.HasSuffix(want[i], " "+n) {
+					repl := ""
+					if n == "[vdso]" || n == "[vvar]" {
+						repl = "[special]"
+					}
+					want[i] = strings.TrimSuffix(want[i], n) + repl
+				}
+			}
+		}
+		if strings.Join(got, "\n") != strings.Join(want, "\n") {
+			t.Fatalf("VMAs of pid %d differ from /proc/%d/maps\nvmwatch:\n%s\n/proc:\n%s", pid, pid, strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+		if specials == 0 {
+			t.Fatal("no special mapping ([vdso]) recognised")
 		}
 	})
 }

@@ -14,7 +14,8 @@ type VMA struct {
 	File  string `json:"file,omitempty"`
 	// FileAddr is the struct file mapped, 0 for anonymous memory.
 	FileAddr Addr `json:"-"`
-	// Special marks the vDSO (executable, without a file, by design).
+	// Special marks the kernel's own mappings ([vdso], [uprobes]): executable
+	// and without a file by design.
 	Special bool `json:"special,omitempty"`
 }
 
@@ -234,6 +235,9 @@ func (k *Kernel) VMAs(mmAddr uint64, paths bool) ([]VMA, error) {
 	if e != nil {
 		return nil, e
 	}
+	var special [2]uint64
+	special[0], _ = k.Syms.Lookup("special_mapping_vmops")
+	special[1], _ = k.Syms.Lookup("legacy_special_mapping_vmops") // before 6.11
 	out := make([]VMA, 0, len(addrs))
 	for _, a := range addrs {
 		v, e := k.ReadValue(vt, a)
@@ -250,7 +254,11 @@ func (k *Kernel) VMAs(mmAddr uint64, paths bool) ([]VMA, error) {
 				}
 			}
 		}
-		m.Special = vdso != 0 && uint64(m.Start) == vdso
+		// the kernel's own mappings ([vdso], [uprobes]) are "special
+		// mappings": their vm_ops identify them from the moment they exist,
+		// while mm->context.vdso is set only after exec maps the vDSO
+		ops := vf.ptr("vm_ops")
+		m.Special = ops != 0 && (ops == special[0] || ops == special[1]) || vdso != 0 && uint64(m.Start) == vdso
 		out = append(out, m)
 	}
 	return out, err
