@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 
 	"golang.org/x/arch/x86/x86asm"
@@ -38,6 +39,16 @@ type BaselineRegion struct {
 	// Pages are SHA-256 sums of each 4 KiB page, kept instead of Data by
 	// a compacted baseline (see Compact).
 	Pages [][sha256.Size]byte `json:"-"`
+	// memo is the last full comparison of a compacted region
+	memo *regionMemo
+}
+
+// regionMemo: the guest's page hashes and kernel offset at a full
+// comparison, and the findings it gave.
+type regionMemo struct {
+	textStart uint64
+	pages     [][sha256.Size]byte
+	findings  []Finding
 }
 
 // Compact replaces the recorded bytes with a hash per page, so that a
@@ -231,75 +242,98 @@ func compareBaseline(s *Snapshot, b *Baseline, sites []linux.PatchSite) ([]Findi
 	}
 	delta := int64(s.K.Loc.TextStart - b.TextStart)
 	var out []Finding
-	for _, r := range b.Regions {
+	for i := range b.Regions {
+		r := &b.Regions[i]
 		start := s.K.Loc.TextStart + r.Start
 		p, ok := s.K.Loc.ImagePhys(start)
 		if !ok {
 			return out, fmt.Errorf("baseline region %s outside the kernel image", r.Name)
 		}
-		cur := make([]byte, r.Size)
-		if _, err := s.K.Mem.ReadAt(cur, int64(p)); err != nil {
-			return out, fmt.Errorf("read kernel %s: %w", r.Name, err)
+		cur := linux.BorrowBuffer(r.Size)
+		fs, err := compareRegion(s, b, r, cur, p, start, delta, sites)
+		linux.ReturnBuffer(cur)
+		out = append(out, fs...)
+		if err != nil {
+			return out, err
 		}
-		base := r.Data
+	}
+	return out, nil
+}
+
+// compareRegion compares one baseline region with the guest's bytes,
+// read into cur from physical address p.
+func compareRegion(s *Snapshot, b *Baseline, r *BaselineRegion, cur []byte, p, start uint64, delta int64, sites []linux.PatchSite) ([]Finding, error) {
+	if _, err := s.K.Mem.ReadAt(cur, int64(p)); err != nil {
+		return nil, fmt.Errorf("read kernel %s: %w", r.Name, err)
+	}
+	base := r.Data
+	var hashes [][sha256.Size]byte
+	if base == nil {
+		// compacted: compare page hashes, and read the recorded bytes back
+		// only if a page differs
+		hashes = pageHashes(cur)
+		if slices.Equal(hashes, r.Pages) && delta == 0 {
+			return nil, nil
+		}
+		// the same bytes as at the last full comparison (another KASLR
+		// offset than the recording's, or a change that persists): the
+		// same findings, without reading the file again
+		if m := r.memo; m != nil && m.textStart == s.K.Loc.TextStart && slices.Equal(m.pages, hashes) {
+			out := make([]Finding, 0, len(m.findings))
+			for _, f := range m.findings {
+				f.Time = s.Time
+				out = append(out, f)
+			}
+			return out, nil
+		}
+		full, err := LoadBaseline(b.file)
+		if err != nil {
+			return nil, fmt.Errorf("baseline bytes: %w", err)
+		}
+		for _, fr := range full.Regions {
+			if fr.Name == r.Name {
+				base = fr.Data
+			}
+		}
 		if base == nil {
-			// compacted: compare page hashes, and read the recorded bytes
-			// back only if a page differs
-			same := true
-			for i, h := range pageHashes(cur) {
-				if i >= len(r.Pages) || h != r.Pages[i] {
-					same = false
-					break
-				}
-			}
-			if same && delta == 0 {
-				continue
-			}
-			full, err := LoadBaseline(b.file)
-			if err != nil {
-				return out, fmt.Errorf("baseline bytes: %w", err)
-			}
-			for _, fr := range full.Regions {
-				if fr.Name == r.Name {
-					base = fr.Data
-				}
-			}
-			if base == nil {
-				return out, fmt.Errorf("baseline %s has no region %s", b.file, r.Name)
-			}
+			return nil, fmt.Errorf("baseline %s has no region %s", b.file, r.Name)
 		}
-		// group changes by the function they fall in
-		type group struct {
-			sym     string
-			changes []change
+	}
+	// group changes by the function they fall in
+	type group struct {
+		sym     string
+		changes []change
+	}
+	groups := map[string]*group{}
+	var order []string
+	for _, c := range diffRegion(base, cur, start, delta, sites) {
+		sym, _, _ := s.K.Syms.Nearest(c.addr)
+		g := groups[sym.Name]
+		if g == nil {
+			g = &group{sym: sym.Name}
+			groups[sym.Name] = g
+			order = append(order, sym.Name)
 		}
-		groups := map[string]*group{}
-		var order []string
-		for _, c := range diffRegion(base, cur, start, delta, sites) {
-			sym, _, _ := s.K.Syms.Nearest(c.addr)
-			g := groups[sym.Name]
-			if g == nil {
-				g = &group{sym: sym.Name}
-				groups[sym.Name] = g
-				order = append(order, sym.Name)
-			}
-			g.changes = append(g.changes, c)
+		g.changes = append(g.changes, c)
+	}
+	sort.Strings(order)
+	var out []Finding
+	for _, name := range order {
+		g := groups[name]
+		c := g.changes[0]
+		where := s.K.Syms.Describe(c.addr)
+		ev := Evidence{Addresses: []AddrEvidence{{Role: "changed", Address: linux.Addr(c.addr), Symbol: where}},
+			Expected: hexBytes(c.expected), Found: hexBytes(c.seen),
+			Details: map[string]any{"region": r.Name, "changes": len(g.changes)}}
+		if tgt, ok := jumpTarget(c, cur, start); ok {
+			ev.Addresses = append(ev.Addresses, s.addr("jump target", tgt))
 		}
-		sort.Strings(order)
-		for _, name := range order {
-			g := groups[name]
-			c := g.changes[0]
-			where := s.K.Syms.Describe(c.addr)
-			ev := Evidence{Addresses: []AddrEvidence{{Role: "changed", Address: linux.Addr(c.addr), Symbol: where}},
-				Expected: hexBytes(c.expected), Found: hexBytes(c.seen),
-				Details: map[string]any{"region": r.Name, "changes": len(g.changes)}}
-			if tgt, ok := jumpTarget(c, cur, start); ok {
-				ev.Addresses = append(ev.Addresses, s.addr("jump target", tgt))
-			}
-			out = append(out, s.finding("kernel-code-modified", fmt.Sprintf("Kernel %s changed in %s", r.Name, g.sym), Critical, "T1014", fmt.Sprintf("%s/%s", r.Name, g.sym),
-				fmt.Sprintf("%d byte(s) of kernel %s at %s differ from the baseline (expected %s, found %s), outside every place the kernel patches itself (jump labels, ftrace, static calls, kprobes). Kernel code was patched: an inline hook or a rootkit.", len(c.seen), r.Name, where, hexBytes(c.expected), hexBytes(c.seen)),
-				ev))
-		}
+		out = append(out, s.finding("kernel-code-modified", fmt.Sprintf("Kernel %s changed in %s", r.Name, g.sym), Critical, "T1014", fmt.Sprintf("%s/%s", r.Name, g.sym),
+			fmt.Sprintf("%d byte(s) of kernel %s at %s differ from the baseline (expected %s, found %s), outside every place the kernel patches itself (jump labels, ftrace, static calls, kprobes). Kernel code was patched: an inline hook or a rootkit.", len(c.seen), r.Name, where, hexBytes(c.expected), hexBytes(c.seen)),
+			ev))
+	}
+	if hashes != nil {
+		r.memo = &regionMemo{textStart: s.K.Loc.TextStart, pages: hashes, findings: out}
 	}
 	return out, nil
 }
@@ -336,6 +370,7 @@ func inlineHooks(s *Snapshot, sites []linux.PatchSite) ([]Finding, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer linux.ReturnBuffer(text)
 	var out []Finding
 	for _, sym := range s.K.Syms.All() {
 		if sym.Type != 'T' && sym.Type != 't' || sym.Addr < start || sym.Addr >= start+uint64(len(text)) {

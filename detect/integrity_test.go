@@ -3,9 +3,12 @@ package detect
 import (
 	"bytes"
 	"encoding/binary"
+	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
+	"github.com/vmwatch/vmwatch/guestmem"
 	"github.com/vmwatch/vmwatch/linux"
 )
 
@@ -81,5 +84,64 @@ func TestCompactBaselineReadsBack(t *testing.T) {
 	full, err := LoadBaseline(b.file)
 	if err != nil || !bytes.Equal(full.Regions[0].Data, data) {
 		t.Fatal("the recorded bytes are not readable back", err)
+	}
+}
+
+// A compacted baseline reads its file only when the guest's bytes change:
+// a persisting patch, and a kernel at another KASLR offset, are judged
+// again from the last comparison (the file is gone by then).
+func TestCompactedBaselineMemo(t *testing.T) {
+	const recorded = 0xffffffff81000000
+	const size = 0x2000
+	text := make([]byte, size)
+	for i := range text {
+		text[i] = byte(i*7 + 1)
+	}
+	binary.LittleEndian.PutUint64(text[0x40:], recorded+0x100) // an absolute pointer into the image
+	// the guest runs the same kernel 2 MiB higher: the pointer moved with it
+	const running = recorded + 0x200000
+	ram := make([]byte, 0x10000)
+	const phys = 0x4000
+	copy(ram[phys:], text)
+	binary.LittleEndian.PutUint64(ram[phys+0x40:], running+0x100)
+	mem, err := guestmem.NewSegmentMap("test", []guestmem.Segment{{Range: guestmem.Range{Start: 0, End: uint64(len(ram))}, Data: ram}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &linux.Kernel{Mem: mem, Release: "r", Banner: "b",
+		Loc:  linux.Location{TextStart: running, ImageEnd: running + 0x200000, PhysStart: phys},
+		Syms: linux.NewSymbols("test", []linux.Symbol{{Addr: running, Name: "_text", Type: 'T'}, {Addr: running + 0x800, Name: "victim", Type: 'T'}})}
+	file := filepath.Join(t.TempDir(), "baseline")
+	b := &Baseline{Release: "r", Banner: "b", TextStart: recorded, Regions: []BaselineRegion{{Name: "text", Start: 0, Data: bytes.Clone(text), Size: size}}}
+	if err := b.Save(file); err != nil {
+		t.Fatal(err)
+	}
+	b.Compact(file)
+	compare := func() []Finding {
+		t.Helper()
+		fs, err := compareBaseline(&Snapshot{K: k, Time: time.Now()}, b, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fs
+	}
+	if fs := compare(); len(fs) != 0 {
+		t.Fatalf("relocated kernel reported: %+v", fs)
+	}
+	copy(ram[phys+0x810:], []byte{0xcc, 0xcc}) // an attacker's patch in victim
+	fs := compare()
+	if len(fs) != 1 || fs[0].Key != "kernel-code-modified:text/victim" {
+		t.Fatalf("patch: %+v", fs)
+	}
+	if err := os.Remove(file); err != nil {
+		t.Fatal(err)
+	}
+	again := compare()
+	if len(again) != 1 || again[0].Key != fs[0].Key || !again[0].Time.After(fs[0].Time) {
+		t.Fatalf("persisting patch, second look: %+v", again)
+	}
+	copy(ram[phys+0x810:], text[0x810:0x812]) // restored
+	if _, err := compareBaseline(&Snapshot{K: k, Time: time.Now()}, b, nil); err == nil {
+		t.Fatal("changed bytes compared without the baseline file")
 	}
 }

@@ -146,12 +146,9 @@ func (k *Kernel) Kprobes() ([]Kprobe, error) {
 		return nil, fmt.Errorf("kernel symbol kprobe_table not found")
 	}
 	n := 64 // KPROBE_TABLE_SIZE; measured from the symbol table when possible
-	for _, s := range k.Syms.All() {
-		if s.Addr > sym.Addr {
-			if d := int((s.Addr - sym.Addr) / 8); d > 0 && d <= 4096 {
-				n = d
-			}
-			break
+	if next, ok := k.Syms.Next(sym.Addr); ok {
+		if d := int((next.Addr - sym.Addr) / 8); d > 0 && d <= 4096 {
+			n = d
 		}
 	}
 	kpT, err := k.Types.Struct("kprobe")

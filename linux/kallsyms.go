@@ -2,12 +2,17 @@ package linux
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"iter"
+	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"unsafe"
+	"weak"
 )
 
 // The kernel's compressed symbol table (kallsyms) is a set of arrays that
@@ -36,48 +41,154 @@ type Symbol struct {
 	Type byte
 }
 
-// Symbols is a symbol table sorted by address.
+// Symbols is a symbol table sorted by address. Guests that run the same
+// kernel build share one table (see internSymbols); each keeps only its
+// KASLR slide.
 type Symbols struct {
-	syms   []Symbol
-	byName map[string]int32
+	t *symTable
+	// slide is added to the table's relative addresses of kernel-half
+	// symbols; per-CPU offsets and other low addresses are not moved.
+	slide uint64
 	// Source says where the symbols came from ("kallsyms in guest memory",
 	// "System.map FILE").
 	Source string
 }
 
+// symTable holds symbols sorted by address, kernel-half addresses stored
+// relative to the lowest of them (and marked relocated), so guests of one build (at any KASLR
+// offset) produce the same table.
+type symTable struct {
+	rel    []uint64
+	names  []string
+	types  []byte
+	byName map[string]int32
+}
+
+// relocated marks a type byte whose symbol moves with the slide (type
+// letters are ASCII, so the top bit is free).
+const relocated = 0x80
+
+// upperHalf reports whether addr lies in the kernel half of the address
+// space, where KASLR moves symbols.
+func upperHalf(addr uint64) bool { return addr>>63 == 1 }
+
 // NewSymbols builds a table from symbols in any order.
 func NewSymbols(source string, syms []Symbol) *Symbols {
 	sort.SliceStable(syms, func(i, j int) bool { return syms[i].Addr < syms[j].Addr })
-	s := &Symbols{syms: syms, byName: make(map[string]int32, len(syms)), Source: source}
-	for i := len(syms) - 1; i >= 0; i-- {
-		// the first symbol of a name wins, as in kallsyms_lookup_name
-		s.byName[syms[i].Name] = int32(i)
+	var slide uint64
+	for _, s := range syms {
+		if upperHalf(s.Addr) {
+			slide = s.Addr
+			break
+		}
 	}
-	return s
+	t := &symTable{rel: make([]uint64, len(syms)), names: make([]string, len(syms)), types: make([]byte, len(syms))}
+	for i, s := range syms {
+		t.rel[i], t.names[i], t.types[i] = s.Addr, s.Name, s.Type
+		if upperHalf(s.Addr) {
+			t.rel[i] -= slide
+			t.types[i] |= relocated
+		}
+	}
+	return &Symbols{t: internSymbols(t), slide: slide, Source: source}
+}
+
+// symCache maps a table's content hash to the table while some guest uses
+// it; a hostile guest cannot poison it, since only equal content is shared.
+var symCache = struct {
+	sync.Mutex
+	m map[[32]byte]weak.Pointer[symTable]
+}{m: map[[32]byte]weak.Pointer[symTable]{}}
+
+// internSymbols returns an existing table with t's content, or indexes t
+// and remembers it.
+func internSymbols(t *symTable) *symTable {
+	h := sha256.New()
+	var b [9]byte
+	for i := range t.rel {
+		binary.LittleEndian.PutUint64(b[:], t.rel[i])
+		b[8] = t.types[i]
+		h.Write(b[:])
+		h.Write([]byte(t.names[i]))
+		h.Write([]byte{0})
+	}
+	var key [32]byte
+	h.Sum(key[:0])
+	symCache.Lock()
+	defer symCache.Unlock()
+	if wp, ok := symCache.m[key]; ok {
+		if old := wp.Value(); old != nil {
+			return old
+		}
+	}
+	t.byName = make(map[string]int32, len(t.names))
+	for i := len(t.names) - 1; i >= 0; i-- {
+		// the first symbol of a name wins, as in kallsyms_lookup_name
+		t.byName[t.names[i]] = int32(i)
+	}
+	symCache.m[key] = weak.Make(t)
+	runtime.AddCleanup(t, func(key [32]byte) {
+		symCache.Lock()
+		defer symCache.Unlock()
+		if wp, ok := symCache.m[key]; ok && wp.Value() == nil {
+			delete(symCache.m, key)
+		}
+	}, key)
+	return t
 }
 
 // Len is the number of symbols.
-func (s *Symbols) Len() int { return len(s.syms) }
+func (s *Symbols) Len() int { return len(s.t.rel) }
 
-// All returns the symbols sorted by address. The slice must not be modified.
-func (s *Symbols) All() []Symbol { return s.syms }
+// addr is symbol i's address in this guest.
+func (s *Symbols) addr(i int) uint64 {
+	if s.t.types[i]&relocated != 0 {
+		return s.t.rel[i] + s.slide
+	}
+	return s.t.rel[i]
+}
+
+// At returns symbol i in address order.
+func (s *Symbols) At(i int) Symbol {
+	return Symbol{Addr: s.addr(i), Name: s.t.names[i], Type: s.t.types[i] &^ relocated}
+}
+
+// All yields the symbols in address order with their index.
+func (s *Symbols) All() iter.Seq2[int, Symbol] {
+	return func(yield func(int, Symbol) bool) {
+		for i := range s.t.rel {
+			if !yield(i, s.At(i)) {
+				return
+			}
+		}
+	}
+}
+
+// Next returns the first symbol above addr.
+func (s *Symbols) Next(addr uint64) (Symbol, bool) {
+	i := sort.Search(s.Len(), func(i int) bool { return s.addr(i) > addr })
+	if i == s.Len() {
+		return Symbol{}, false
+	}
+	return s.At(i), true
+}
 
 // Lookup returns the address of a symbol by name.
 func (s *Symbols) Lookup(name string) (uint64, bool) {
-	i, ok := s.byName[name]
+	i, ok := s.t.byName[name]
 	if !ok {
 		return 0, false
 	}
-	return s.syms[i].Addr, true
+	return s.addr(int(i)), true
 }
 
 // Get returns a symbol by name.
 func (s *Symbols) Get(name string) (Symbol, bool) {
-	i, ok := s.byName[name]
+	i, ok := s.t.byName[name]
 	if !ok {
 		return Symbol{}, false
 	}
-	return s.syms[i], true
+	return s.At(int(i)), true
 }
 
 // MustLookup returns the address of a symbol or an error that names it.
@@ -92,10 +203,11 @@ func (s *Symbols) MustLookup(name string) (uint64, error) {
 // Nearest returns the symbol at or below addr (ignoring absolute per-CPU
 // symbols) and the offset of addr from it.
 func (s *Symbols) Nearest(addr uint64) (Symbol, uint64, bool) {
-	i := sort.Search(len(s.syms), func(i int) bool { return s.syms[i].Addr > addr }) - 1
+	i := sort.Search(s.Len(), func(i int) bool { return s.addr(i) > addr }) - 1
 	for ; i >= 0; i-- {
-		if s.syms[i].Type != 'A' && s.syms[i].Type != 'a' {
-			return s.syms[i], addr - s.syms[i].Addr, true
+		if t := s.t.types[i] &^ relocated; t != 'A' && t != 'a' {
+			sym := s.At(i)
+			return sym, addr - sym.Addr, true
 		}
 	}
 	return Symbol{}, 0, false

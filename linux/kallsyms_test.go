@@ -150,6 +150,46 @@ func TestSymbolsLookup(t *testing.T) {
 	}
 }
 
+// Guests of one build at different KASLR offsets share one table; each
+// sees its own addresses, and per-CPU offsets stay put.
+func TestSymbolsShared(t *testing.T) {
+	build := func(base uint64, extra string) *Symbols {
+		return NewSymbols("test", []Symbol{{0x10, "pcpu_var", 'A'}, {base, "_text", 'T'}, {base + 0x40, "f", 't'}, {base + 0x100, extra, 'T'}})
+	}
+	a, b := build(0xffffffff81000000, "g"), build(0xffffffff9a200000, "g")
+	if a.t != b.t {
+		t.Fatal("same build at two offsets did not share a table")
+	}
+	if c := build(0xffffffff81000000, "h"); c.t == a.t {
+		t.Fatal("different symbols shared a table")
+	}
+	for _, tc := range []struct {
+		s    *Symbols
+		name string
+		want uint64
+	}{{a, "f", 0xffffffff81000040}, {b, "f", 0xffffffff9a200040}, {a, "pcpu_var", 0x10}, {b, "pcpu_var", 0x10}, {b, "g", 0xffffffff9a200100}} {
+		if got, ok := tc.s.Lookup(tc.name); !ok || got != tc.want {
+			t.Errorf("%s = %#x, want %#x", tc.name, got, tc.want)
+		}
+	}
+	if sym, ok := b.Next(0xffffffff9a200040); !ok || sym.Name != "g" || sym.Type != 'T' {
+		t.Errorf("next after f: %+v", sym)
+	}
+	if _, ok := b.Next(0xffffffff9a200100); ok {
+		t.Error("a symbol after the last")
+	}
+	n := 0
+	for i, sym := range b.All() {
+		if sym != b.At(i) {
+			t.Fatalf("All and At disagree at %d", i)
+		}
+		n++
+	}
+	if n != b.Len() || n != 4 {
+		t.Fatalf("All yielded %d of %d", n, b.Len())
+	}
+}
+
 func FuzzParseKallsyms(f *testing.F) {
 	const base = 0xffffffff81000000
 	for _, layout := range []string{"pre-6.4", "seqs", "6.4+"} {

@@ -59,7 +59,9 @@ type Kernel struct {
 	Banner   string
 	Steps    []Step
 	log      *slog.Logger
-	textBuf  []byte
+	// patch sites in the kernel image, read once (see PatchSites)
+	sitesMu sync.Mutex
+	sites   []PatchSite
 }
 
 var releaseRE = regexp.MustCompile(`^Linux version (\S+)`)
@@ -112,7 +114,10 @@ func Open(mem guestmem.Memory, opt Options) (*Kernel, error) {
 		img, _ = d.Slice(loc.PhysStart, int(size))
 	}
 	if img == nil {
-		img = make([]byte, size)
+		// a copy only while the kernel is opened: nothing keeps a reference
+		// (symbol names and BTF are copied out)
+		img = BorrowBuffer(int(size))
+		defer ReturnBuffer(img)
 		n, err := mem.ReadAt(img, int64(loc.PhysStart))
 		if err != nil {
 			// the image's last 2 MiB slot may run past the end of RAM

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sort"
+	"strings"
 )
 
 // PatchSite is a place in kernel text the kernel itself rewrites at run
@@ -15,8 +16,39 @@ type PatchSite struct {
 	Kind string
 }
 
-// PatchSites collects the kernel's run-time patch sites from its own tables.
+// PatchSites collects the kernel's run-time patch sites from its own
+// tables, sorted by address; the caller must not modify the slice. The
+// sites in the kernel image (jump labels, static calls, ftrace call sites,
+// trampolines) are fixed at build time: they are read once per kernel, so
+// a rootkit that later edits those tables cannot declare its patch one.
+// Kprobes come and go and are read on every call.
 func (k *Kernel) PatchSites() ([]PatchSite, error) {
+	k.sitesMu.Lock()
+	if k.sites == nil {
+		sites, err := k.imageSites()
+		if err != nil {
+			k.sitesMu.Unlock()
+			return sites, err // not kept: read again next time
+		}
+		k.sites = sites
+	}
+	sites := k.sites
+	k.sitesMu.Unlock()
+	kps, err := k.Kprobes()
+	if err != nil || len(kps) == 0 {
+		return sites, nil
+	}
+	out := make([]PatchSite, 0, len(sites)+len(kps))
+	out = append(out, sites...)
+	for _, p := range kps {
+		out = append(out, PatchSite{uint64(p.Addr), 5, "kprobe"})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Addr < out[j].Addr })
+	return out, nil
+}
+
+// imageSites reads the patch sites inside the kernel image.
+func (k *Kernel) imageSites() ([]PatchSite, error) {
 	var out []PatchSite
 	var firstErr error
 	note := func(err error) {
@@ -32,18 +64,17 @@ func (k *Kernel) PatchSites() ([]PatchSite, error) {
 	out = append(out, sc...)
 	fs, err := k.ftraceSites()
 	note(err)
-	out = append(out, fs...)
-	if kps, err := k.Kprobes(); err == nil {
-		for _, p := range kps {
-			out = append(out, PatchSite{uint64(p.Addr), 5, "kprobe"})
+	for _, s := range fs { // module call sites are outside the image
+		if s.Addr >= k.Loc.TextStart && s.Addr < k.Loc.ImageEnd {
+			out = append(out, s)
 		}
 	}
 	// static call trampolines and BPF dispatchers are rewritten whole
-	for i, s := range k.Syms.All() {
-		if len(s.Name) > 7 && s.Name[:7] == "__SCT__" || len(s.Name) > 15 && s.Name[:15] == "bpf_dispatcher_" {
+	for _, s := range k.Syms.All() {
+		if strings.HasPrefix(s.Name, "__SCT__") || strings.HasPrefix(s.Name, "bpf_dispatcher_") {
 			size := uint64(64)
-			if all := k.Syms.All(); i+1 < len(all) && all[i+1].Addr > s.Addr && all[i+1].Addr-s.Addr < 1<<16 {
-				size = all[i+1].Addr - s.Addr
+			if next, ok := k.Syms.Next(s.Addr); ok && next.Addr-s.Addr < 1<<16 {
+				size = next.Addr - s.Addr
 			}
 			out = append(out, PatchSite{s.Addr, size, "trampoline"})
 		}
@@ -152,7 +183,8 @@ func Covered(sites []PatchSite, a, n uint64) bool {
 }
 
 // TextBytes reads the core kernel text [_stext, _etext) from physical
-// memory in one piece (the image is physically contiguous).
+// memory in one piece (the image is physically contiguous), into a buffer
+// from BorrowBuffer: give it back with ReturnBuffer when done.
 func (k *Kernel) TextBytes() (start uint64, b []byte, err error) {
 	s, ok1 := k.Syms.Lookup("_stext")
 	e, ok2 := k.Syms.Lookup("_etext")
@@ -163,12 +195,9 @@ func (k *Kernel) TextBytes() (start uint64, b []byte, err error) {
 	if !ok {
 		return 0, nil, fmt.Errorf("_stext %#x outside the kernel image", s)
 	}
-	// one buffer per kernel, reused by every check
-	if uint64(cap(k.textBuf)) < e-s {
-		k.textBuf = make([]byte, e-s)
-	}
-	b = k.textBuf[:e-s]
+	b = BorrowBuffer(int(e - s))
 	if _, err := k.Mem.ReadAt(b, int64(p)); err != nil {
+		ReturnBuffer(b)
 		return 0, nil, fmt.Errorf("kernel text: %w", err)
 	}
 	return s, b, nil

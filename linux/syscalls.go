@@ -30,13 +30,8 @@ func (k *Kernel) SyscallTable(name string) ([]SyscallEntry, error) {
 		return nil, fmt.Errorf("kernel symbol %s not found", name)
 	}
 	n := 0
-	all := k.Syms.All()
-	for i, s := range all {
-		if s.Addr > sym.Addr {
-			n = int((s.Addr - sym.Addr) / 8)
-			break
-		}
-		_ = i
+	if next, ok := k.Syms.Next(sym.Addr); ok {
+		n = int((next.Addr - sym.Addr) / 8)
 	}
 	if n <= 0 || n > maxSyscalls {
 		return nil, fmt.Errorf("%s: implausible length %d", name, n)
@@ -142,11 +137,8 @@ func (k *Kernel) CallTargets(fn string) ([]uint64, error) {
 		return nil, fmt.Errorf("kernel symbol %s not found", fn)
 	}
 	size := uint64(0)
-	for _, s := range k.Syms.All() {
-		if s.Addr > sym.Addr {
-			size = s.Addr - sym.Addr
-			break
-		}
+	if next, ok := k.Syms.Next(sym.Addr); ok {
+		size = next.Addr - sym.Addr
 	}
 	if size == 0 || size > 1<<20 {
 		return nil, fmt.Errorf("%s: implausible size %d", fn, size)

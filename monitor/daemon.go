@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"sort"
 	"sync"
 	"time"
@@ -32,6 +33,9 @@ type Daemon struct {
 	// bootstraps bounds how many VMs find their kernel at once (each reads
 	// its kernel image, tens of megabytes, into memory for a moment)
 	bootstraps chan struct{}
+	// checks bounds how many VMs run their detectors at once: they are
+	// CPU-bound, and each holds a copy of its kernel's text while it runs
+	checks chan struct{}
 }
 
 // New prepares a daemon: it opens the journal and loads the rules.
@@ -65,7 +69,7 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 			return nil, err
 		}
 	}
-	d := &Daemon{cfg: cfg, log: log, j: j, rules: rules, vms: map[string]*VM{}, bootstraps: make(chan struct{}, 2)}
+	d := &Daemon{cfg: cfg, log: log, j: j, rules: rules, vms: map[string]*VM{}, bootstraps: make(chan struct{}, 2), checks: make(chan struct{}, max(2, runtime.GOMAXPROCS(0)))}
 	if cfg.Yara != "" {
 		if d.yara, err = detect.CompileYara(cfg.Yara); err != nil {
 			j.Close()

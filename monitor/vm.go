@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -249,7 +250,11 @@ func (vm *VM) setState(ctx context.Context, state, why string) {
 	}
 	vm.d.record(ctx, journal.Record{VM: vm.Name, Kind: journal.KindLifecycle, Severity: sev, Subject: state,
 		Message: fmt.Sprintf("VM %s is %s (was %s)", vm.Name, state, old), Data: data})
-	vm.d.log.Info("VM state", "vm", vm.Name, "from", old, "to", state)
+	lvl := slog.LevelInfo
+	if state == StateUnreachable || state == StateCrashed {
+		lvl = slog.LevelWarn // the operator should look: QEMU gone, or its socket wrong
+	}
+	vm.d.log.Log(ctx, lvl, "VM state", "vm", vm.Name, "from", old, "to", state, "reason", why)
 	if state != StateRunning && state != StatePaused {
 		vm.mu.Lock()
 		if vm.tg != nil {
@@ -413,7 +418,13 @@ func (vm *VM) check(ctx context.Context) error {
 		}
 		opt.Baseline = vm.baseline
 	}
+	select {
+	case vm.d.checks <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	rep, err := detect.Run(ctx, vm.k, opt)
+	<-vm.d.checks
 	if err != nil {
 		return err
 	}
