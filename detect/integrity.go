@@ -26,6 +26,8 @@ type Baseline struct {
 	Release   string `json:"release"`
 	Banner    string `json:"banner"`
 	TextStart uint64 `json:"text_start"`
+	// Boot identifies the boot it was recorded in (linux.Kernel.BootID).
+	Boot string `json:"boot,omitempty"`
 	// Regions are [start, end) offsets from _text with their bytes.
 	Regions []BaselineRegion `json:"regions"`
 }
@@ -80,7 +82,7 @@ var baselineRegions = [][3]string{{"text", "_stext", "_etext"}, {"rodata", "__st
 
 // RecordBaseline reads the kernel's code and read-only data now.
 func RecordBaseline(k *linux.Kernel) (*Baseline, error) {
-	b := &Baseline{Release: k.Release, Banner: k.Banner, TextStart: k.Loc.TextStart}
+	b := &Baseline{Release: k.Release, Banner: k.Banner, TextStart: k.Loc.TextStart, Boot: k.BootID()}
 	for _, r := range baselineRegions {
 		s, ok1 := k.Syms.Lookup(r[1])
 		e, ok2 := k.Syms.Lookup(r[2])
@@ -199,7 +201,11 @@ func diffRegion(base, cur []byte, start uint64, delta int64, sites []linux.Patch
 }
 
 // relocated reports whether every differing byte in [i, j) lies in a
-// 4- or 8-byte window whose value moved by exactly delta.
+// 4- or 8-byte window whose value moved as KASLR moves it: by exactly delta
+// (an absolute address of the image), or a 32-bit value by exactly -delta
+// (an "inverse" relocation: the offset from a moved instruction or table
+// entry to a per-CPU variable, which does not move; x86 kernels access
+// per-CPU data %rip-relative, and __ksymtab entries of per-CPU symbols).
 func relocated(base, cur []byte, i, j int, delta int64) bool {
 	n := min(len(base), len(cur))
 	for x := i; x < j && x < n; x++ {
@@ -214,8 +220,10 @@ func relocated(base, cur []byte, i, j int, delta int64) bool {
 			if w+8 <= n && int64(binary.LittleEndian.Uint64(cur[w:]))-int64(binary.LittleEndian.Uint64(base[w:])) == delta {
 				ok = true
 			}
-			if w >= x-3 && w+4 <= n && int32(binary.LittleEndian.Uint32(cur[w:]))-int32(binary.LittleEndian.Uint32(base[w:])) == int32(delta) {
-				ok = true
+			if w >= x-3 && w+4 <= n {
+				if d := int32(binary.LittleEndian.Uint32(cur[w:])) - int32(binary.LittleEndian.Uint32(base[w:])); d == int32(delta) || d == -int32(delta) {
+					ok = true
+				}
 			}
 		}
 		if !ok {
@@ -241,6 +249,17 @@ func compareBaseline(s *Snapshot, b *Baseline, sites []linux.PatchSite) ([]Findi
 		return nil, fmt.Errorf("the baseline is of kernel %q, the guest runs %q: record a new baseline", b.Release, s.K.Release)
 	}
 	delta := int64(s.K.Loc.TextStart - b.TextStart)
+	// data the kernel writes while it boots and then seals (.data..ro_after_init,
+	// inside rodata: allocated caches, hash tables, per-CPU offsets) differs
+	// from boot to boot; a baseline of another boot cannot vouch for it
+	var skip [2]uint64
+	if delta != 0 || b.Boot != "" && b.Boot != s.K.BootID() {
+		if lo, ok := s.K.Syms.Lookup("__start_ro_after_init"); ok {
+			if hi, ok := s.K.Syms.Lookup("__end_ro_after_init"); ok && hi > lo {
+				skip = [2]uint64{lo, hi}
+			}
+		}
+	}
 	var out []Finding
 	for i := range b.Regions {
 		r := &b.Regions[i]
@@ -250,7 +269,7 @@ func compareBaseline(s *Snapshot, b *Baseline, sites []linux.PatchSite) ([]Findi
 			return out, fmt.Errorf("baseline region %s outside the kernel image", r.Name)
 		}
 		cur := linux.BorrowBuffer(r.Size)
-		fs, err := compareRegion(s, b, r, cur, p, start, delta, sites)
+		fs, err := compareRegion(s, b, r, cur, p, start, delta, sites, skip)
 		linux.ReturnBuffer(cur)
 		out = append(out, fs...)
 		if err != nil {
@@ -262,7 +281,7 @@ func compareBaseline(s *Snapshot, b *Baseline, sites []linux.PatchSite) ([]Findi
 
 // compareRegion compares one baseline region with the guest's bytes,
 // read into cur from physical address p.
-func compareRegion(s *Snapshot, b *Baseline, r *BaselineRegion, cur []byte, p, start uint64, delta int64, sites []linux.PatchSite) ([]Finding, error) {
+func compareRegion(s *Snapshot, b *Baseline, r *BaselineRegion, cur []byte, p, start uint64, delta int64, sites []linux.PatchSite, skip [2]uint64) ([]Finding, error) {
 	if _, err := s.K.Mem.ReadAt(cur, int64(p)); err != nil {
 		return nil, fmt.Errorf("read kernel %s: %w", r.Name, err)
 	}
@@ -307,6 +326,9 @@ func compareRegion(s *Snapshot, b *Baseline, r *BaselineRegion, cur []byte, p, s
 	groups := map[string]*group{}
 	var order []string
 	for _, c := range diffRegion(base, cur, start, delta, sites) {
+		if c.addr >= skip[0] && c.addr+uint64(len(c.seen)) <= skip[1] {
+			continue
+		}
 		sym, _, _ := s.K.Syms.Nearest(c.addr)
 		g := groups[sym.Name]
 		if g == nil {

@@ -23,6 +23,8 @@ func TestDiffRegion(t *testing.T) {
 	// relocated addresses: a 64-bit absolute and a 32-bit sign-extended one
 	binary.LittleEndian.PutUint64(cur[100:], binary.LittleEndian.Uint64(base[100:])+delta)
 	binary.LittleEndian.PutUint32(cur[200:], binary.LittleEndian.Uint32(base[200:])+delta)
+	// an inverse one: a %rip-relative offset to a per-CPU variable
+	binary.LittleEndian.PutUint32(cur[240:], binary.LittleEndian.Uint32(base[240:])-delta)
 	// a jump label the kernel flipped
 	copy(cur[300:], []byte{0xe9, 1, 2, 3, 4})
 	sites := []linux.PatchSite{{Addr: start + 300, Len: 5, Kind: "jump label"}}
@@ -36,7 +38,7 @@ func TestDiffRegion(t *testing.T) {
 		t.Fatalf("%+v", ch)
 	}
 	// without the relocation delta, the moved addresses are changes too
-	if ch := diffRegion(base, cur, start, 0, sites); len(ch) != 3 {
+	if ch := diffRegion(base, cur, start, 0, sites); len(ch) != 4 {
 		t.Fatalf("no delta: %d changes", len(ch))
 	}
 }

@@ -341,6 +341,34 @@ func TestAttacksOnMemory(t *testing.T) {
 			e.paused(undo)
 			expectClean(t, check(t, vm, "--baseline", base))
 		})
+		t.Run("baseline of another boot", func(t *testing.T) {
+			// recorded on the same kernel booted without KASLR: every
+			// relocated address, every %rip-relative per-CPU access and
+			// every runtime constant differs, and must not count
+			other := guest(t, "nokaslr-"+series, func(k *testvm.Kernel) testvm.Config { return testvm.Config{Cmdline: "nokaslr"} }, series)
+			file := filepath.Join(t.TempDir(), "other-boot")
+			vmwatch(t, "baseline", "-t", "qmp:"+other.QMPPath, "-f", file)
+			var a, b struct {
+				TextStart linux.Addr `json:"text_start"`
+			}
+			vmwatchJSON(t, &a, "info", "-o", "json", "-t", "qmp:"+other.QMPPath)
+			vmwatchJSON(t, &b, "info", "-o", "json", "-t", "qmp:"+vm.QMPPath)
+			if a.TextStart == 0 || b.TextStart == 0 {
+				t.Fatalf("no text_start in vmwatch info: %+v %+v", a, b)
+			}
+			if a.TextStart == b.TextStart {
+				t.Logf("KASLR put both kernels at %v: only the boot-time data differs", a.TextStart)
+			}
+			expectClean(t, check(t, vm, "--baseline", file))
+			fn, _ := e.k.Syms.Lookup("__x64_sys_acct")
+			var undo func()
+			e.paused(func() { undo = e.write(fn+0x18, []byte{0xcc, 0xcc, 0xcc}) })
+			expectFindings(t, check(t, vm, "--baseline", file), map[string]func(detect.Finding) bool{"kernel-code-modified": func(f detect.Finding) bool {
+				return len(f.Evidence.Addresses) > 0 && strings.HasPrefix(f.Evidence.Addresses[0].Symbol, "__x64_sys_acct+")
+			}})
+			e.paused(undo)
+			expectClean(t, check(t, vm, "--baseline", file))
+		})
 		t.Run("inline hook", func(t *testing.T) {
 			fn, _ := e.k.Syms.Lookup("__x64_sys_acct")
 			// after the ftrace call site: the first instruction the kernel does not patch

@@ -12,6 +12,8 @@ package linux
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -374,4 +376,23 @@ func (k *Kernel) BTF() *btf.Spec {
 		return b.spec
 	}
 	return nil
+}
+
+// BootID tells boots of a kernel apart: it hashes the KASLR placement and
+// init_task's stack canary, a random value the kernel draws once per boot.
+// Values the kernel writes while it boots (.data..ro_after_init) can only
+// be compared within one boot.
+func (k *Kernel) BootID() string {
+	h := sha256.New()
+	binary.Write(h, binary.LittleEndian, [2]uint64{k.Loc.TextStart, k.Loc.PhysStart})
+	if a, ok := k.Syms.Lookup("init_task"); ok {
+		if t, err := k.Types.Struct("task_struct"); err == nil {
+			if off, err := t.FieldOffset("stack_canary"); err == nil {
+				if v, err := k.Uint64(a + off); err == nil {
+					binary.Write(h, binary.LittleEndian, v)
+				}
+			}
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)[:12])
 }

@@ -1,6 +1,7 @@
 package linux
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"sort"
@@ -25,8 +26,8 @@ type PatchSite struct {
 func (k *Kernel) PatchSites() ([]PatchSite, error) {
 	k.sitesMu.Lock()
 	if k.sites == nil {
-		sites, err := k.imageSites()
-		if err != nil {
+		sites, complete, err := k.imageSites()
+		if err != nil || !complete {
 			k.sitesMu.Unlock()
 			return sites, err // not kept: read again next time
 		}
@@ -47,8 +48,9 @@ func (k *Kernel) PatchSites() ([]PatchSite, error) {
 	return out, nil
 }
 
-// imageSites reads the patch sites inside the kernel image.
-func (k *Kernel) imageSites() ([]PatchSite, error) {
+// imageSites reads the patch sites inside the kernel image; complete is
+// false while the kernel is still booting (its runtime constants unset).
+func (k *Kernel) imageSites() (sites []PatchSite, complete bool, err error) {
 	var out []PatchSite
 	var firstErr error
 	note := func(err error) {
@@ -79,8 +81,61 @@ func (k *Kernel) imageSites() ([]PatchSite, error) {
 			out = append(out, PatchSite{s.Addr, size, "trampoline"})
 		}
 	}
+	rc, complete, err := k.runtimeConstSites()
+	note(err)
+	out = append(out, rc...)
 	sort.Slice(out, func(i, j int) bool { return out[i].Addr < out[j].Addr })
-	return out, firstErr
+	return out, complete, firstErr
+}
+
+// runtimeConstPtrs are the variables whose value Linux 6.11+ patches into
+// instructions at boot (runtime_const_ptr: "movabs $VALUE, %reg"). The
+// values differ per boot (they point into allocated memory).
+var runtimeConstPtrs = []string{"dentry_hashtable"}
+
+// runtimeConstSites finds the instructions that carry a runtime constant:
+// a REX.W mov whose 64-bit immediate is the variable's current value. The
+// kernel's table of them (runtime_ptr_* sections) has no symbols in
+// kallsyms. complete is false when a variable is not set yet.
+func (k *Kernel) runtimeConstSites() ([]PatchSite, bool, error) {
+	var vals [][]byte
+	for _, name := range runtimeConstPtrs {
+		a, ok := k.Syms.Lookup(name)
+		if !ok {
+			continue
+		}
+		v, err := k.Uint64(a)
+		if err != nil {
+			return nil, false, err
+		}
+		if v == 0 {
+			return nil, false, nil
+		}
+		vals = append(vals, binary.LittleEndian.AppendUint64(nil, v))
+	}
+	if len(vals) == 0 {
+		return nil, true, nil
+	}
+	start, text, err := k.TextBytes()
+	if err != nil {
+		return nil, false, err
+	}
+	defer ReturnBuffer(text)
+	var out []PatchSite
+	for _, v := range vals {
+		for off := 0; ; {
+			i := bytes.Index(text[off:], v)
+			if i < 0 {
+				break
+			}
+			at := off + i
+			if at >= 2 && text[at-2]&0xfe == 0x48 && text[at-1]&0xf8 == 0xb8 && len(out) < 4096 {
+				out = append(out, PatchSite{start + uint64(at-2), 10, "runtime constant"})
+			}
+			off = at + 1
+		}
+	}
+	return out, true, nil
 }
 
 // relativeSites reads a table of entries whose field holds a 32-bit offset

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"libvirt.org/go/libvirtxml"
@@ -22,7 +23,7 @@ func (vm *VM) DomainXML(initrd string) (string, error) {
 		VCPU:   &libvirtxml.DomainVCPU{Value: uint(vm.CPUs)},
 		OS: &libvirtxml.DomainOS{
 			Type:   &libvirtxml.DomainOSType{Arch: "x86_64", Machine: vm.Machine, Type: "hvm"},
-			Kernel: vm.Kernel.Vmlinuz, Initrd: initrd, Cmdline: "console=ttyS1 panic=-1 loglevel=7",
+			Kernel: vm.Kernel.Vmlinuz, Initrd: initrd, Cmdline: strings.TrimSpace("console=ttyS1 panic=-1 loglevel=7 " + vm.Cmdline),
 		},
 		Features:      &libvirtxml.DomainFeatureList{ACPI: &libvirtxml.DomainFeature{}, APIC: &libvirtxml.DomainFeatureAPIC{}},
 		MemoryBacking: &libvirtxml.DomainMemoryBacking{MemorySource: &libvirtxml.DomainMemorySource{Type: "memfd"}, MemoryAccess: &libvirtxml.DomainMemoryAccess{Mode: "shared"}},

@@ -47,6 +47,8 @@ type Config struct {
 	// Libvirt runs the guest as a transient libvirt domain (named Name,
 	// type qemu, guest RAM in a shared memfd) instead of starting QEMU.
 	Libvirt bool
+	// Cmdline is appended to the kernel command line (e.g. "nokaslr").
+	Cmdline string
 }
 
 // VM is a running test guest.
@@ -183,7 +185,7 @@ func (vm *VM) qemuArgs(accel, initrd string) []string {
 		"-m", fmt.Sprintf("%dM", vm.MemoryMB),
 		"-kernel", vm.Kernel.Vmlinuz,
 		"-initrd", initrd,
-		"-append", "console=ttyS1 panic=-1 loglevel=7",
+		"-append", strings.TrimSpace("console=ttyS1 panic=-1 loglevel=7 " + vm.Cmdline),
 		"-display", "none", "-nodefaults", "-no-reboot",
 		"-qmp", "unix:" + vm.QMPPath + ",server=on,wait=off",
 		"-qmp", "unix:" + vm.ControlPath + ",server=on,wait=off",
