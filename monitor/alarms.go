@@ -237,7 +237,15 @@ func (a *AlarmDef) evaluate(st *AlarmState, in alarmInput) (Level, string) {
 			}
 		}
 		if len(hits) > 0 {
-			return lvl, fmt.Sprintf("%d open finding(s): %s", len(hits), strings.Join(hits, "; "))
+			shown := len(hits)
+			if shown > 5 {
+				shown = 5
+			}
+			list := strings.Join(hits[:shown], "; ")
+			if len(hits) > 5 {
+				list += fmt.Sprintf("; and %d more", len(hits)-5) // the message goes into webhooks and the journal
+			}
+			return lvl, fmt.Sprintf("%d open finding(s): %s", len(hits), list)
 		}
 		return Green, "no matching open finding"
 	}

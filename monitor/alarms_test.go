@@ -1,6 +1,8 @@
 package monitor
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -54,6 +56,13 @@ func TestStateAndFindingAlarms(t *testing.T) {
 	in.findings = append(in.findings, detect.Finding{ID: "hidden-module", Severity: detect.Critical, Title: "x"})
 	if l, msg := fa.evaluate(&AlarmState{}, in); l != Warning || msg == "" {
 		t.Fatalf("critical finding: %s %q", l, msg)
+	}
+	// many findings: the message (for webhooks and the journal) stays short
+	for i := 0; i < 1000; i++ {
+		in.findings = append(in.findings, detect.Finding{ID: "kernel-code-modified", Severity: detect.Critical, Title: fmt.Sprintf("change %d", i)})
+	}
+	if _, msg := fa.evaluate(&AlarmState{}, in); !strings.HasPrefix(msg, "1001 open finding(s): x; change 0;") || !strings.HasSuffix(msg, "and 996 more") {
+		t.Fatalf("message of 1001 findings: %q", msg)
 	}
 }
 
