@@ -86,6 +86,7 @@ information (BTF) in guest memory.`,
 		newSocketsCmd(g), newDmesgCmd(g), newSymbolsCmd(g),
 		newCheckCmd(g), newBaselineCmd(g), newStatsCmd(g),
 		newServeCmd(g), newJournalCmd(g),
+		newBackupCmd(g), newBackupsCmd(g), newRestoreCmd(g), newVerifyCmd(g), newPruneCmd(g),
 	)
 	return root
 }
