@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"time"
 
 	"github.com/kopia/kopia/repo"
 	"github.com/kopia/kopia/repo/object"
@@ -96,7 +97,7 @@ type Progress func(done, total int64)
 // that does not read as zeros is read (a full backup); otherwise only the
 // clusters allocated in src are read and laid over the base's segments
 // (an incremental backup).
-func ingest(ctx context.Context, r *Repo, w repo.RepositoryWriter, src source, size int64, base *Disk, progress Progress) (*Disk, error) {
+func ingest(ctx context.Context, r *Repo, w repo.RepositoryWriter, src source, size int64, base *Disk, progress Progress, lim *limiter) (*Disk, error) {
 	d := &Disk{Size: size, SegmentSize: SegmentSize, Mode: "full"}
 	if base != nil {
 		d.Mode, d.Base = "incremental", base.Object
@@ -224,6 +225,9 @@ func ingest(ctx context.Context, r *Repo, w repo.RepositoryWriter, src source, s
 				return fail(fmt.Errorf("read at %d: %w", s.off, err))
 			}
 			d.Read += s.n
+			if err := lim.wait(ctx, s.n); err != nil {
+				return fail(err)
+			}
 		}
 		jobs <- job{i, buf}
 		if progress != nil {
@@ -298,4 +302,35 @@ func isZero(b []byte) bool {
 		b = b[8:]
 	}
 	return len(b) == 0 || bytes.Count(b, []byte{0}) == len(b)
+}
+
+// limiter bounds the rate at which a backup reads the disk (bytes per
+// second), so that a backup does not starve the VMs of I/O.
+type limiter struct {
+	rate  int64
+	start time.Time
+	n     int64
+}
+
+func newLimiter(rate int64) *limiter {
+	if rate <= 0 {
+		return nil
+	}
+	return &limiter{rate: rate, start: time.Now()}
+}
+
+func (l *limiter) wait(ctx context.Context, n int64) error {
+	if l == nil {
+		return nil
+	}
+	l.n += n
+	due := l.start.Add(time.Duration(float64(l.n) / float64(l.rate) * float64(time.Second)))
+	if d := time.Until(due); d > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(d):
+		}
+	}
+	return nil
 }

@@ -44,6 +44,8 @@ type BackupOptions struct {
 	Findings []Finding
 	Progress Progress
 	Log      *slog.Logger
+	// RateLimit bounds the disk read rate in bytes per second (0: none).
+	RateLimit int64
 }
 
 type diskInfo struct {
@@ -168,6 +170,7 @@ func Backup(ctx context.Context, r *Repo, opt BackupOptions) (*Point, error) {
 
 	err = repo.WriteSession(ctx, r.rep, repo.WriteSessionOptions{Purpose: "vmwatch backup " + opt.Domain}, func(ctx context.Context, w repo.RepositoryWriter) error {
 		var total, done int64
+		lim := newLimiter(opt.RateLimit)
 		for _, d := range disks {
 			total += d.size
 		}
@@ -194,7 +197,7 @@ func Backup(ctx context.Context, r *Repo, opt BackupOptions) (*Point, error) {
 			if d.mode == "incremental" {
 				base = d.baseDisk
 			}
-			sd, err := ingest(ctx, r, w, img, d.size, base, prog)
+			sd, err := ingest(ctx, r, w, img, d.size, base, prog, lim)
 			img.Close()
 			f.Close()
 			if err != nil {
@@ -561,7 +564,12 @@ func pruneCheckpoints(c *lv.Conn, dom libvirt.Domain, disks []*diskInfo, log *sl
 	for _, cp := range cps {
 		if strings.HasPrefix(cp.Name, CheckpointPrefix) && !keep[cp.Name] {
 			if err := c.L.DomainCheckpointDelete(cp, 0); err != nil {
-				log.Warn("cannot delete an old checkpoint", "checkpoint", cp.Name, "err", err)
+				// its bitmap is gone (QEMU crashed): drop libvirt's record
+				if err2 := c.L.DomainCheckpointDelete(cp, libvirt.DomainCheckpointDeleteMetadataOnly); err2 != nil {
+					log.Warn("cannot delete an old checkpoint", "checkpoint", cp.Name, "err", err, "metadata_only", err2)
+				} else {
+					log.Info("deleted the record of a checkpoint whose bitmap is gone", "checkpoint", cp.Name, "err", err)
+				}
 			}
 		}
 	}

@@ -35,6 +35,18 @@ func (vm *VM) DomainXML(initrd string) (string, error) {
 			},
 		},
 	}
+	for i, d := range vm.Disks {
+		f := d.Format
+		if f == "" {
+			f = "qcow2"
+		}
+		dom.Devices.Disks = append(dom.Devices.Disks, libvirtxml.DomainDisk{
+			Device: "disk",
+			Driver: &libvirtxml.DomainDiskDriver{Name: "qemu", Type: f},
+			Source: &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: d.Path}},
+			Target: &libvirtxml.DomainDiskTarget{Dev: fmt.Sprintf("vd%c", 'a'+i), Bus: "virtio"},
+		})
+	}
 	return dom.Marshal()
 }
 
@@ -57,10 +69,39 @@ func (vm *VM) bootLibvirt(ctx context.Context, initrd string) error {
 		return err
 	}
 	exec.Command("virsh", "-c", "qemu:///system", "destroy", vm.Name).Run() // a leftover of an earlier run
+	if vm.Persistent {
+		exec.Command("virsh", "-c", "qemu:///system", "undefine", "--checkpoints-metadata", vm.Name).Run()
+		if out, err := exec.Command("virsh", "-c", "qemu:///system", "define", p).CombinedOutput(); err != nil {
+			return fmt.Errorf("virsh define %s: %v: %s", vm.Name, err, out)
+		}
+		return vm.StartDomain(ctx)
+	}
 	if out, err := exec.Command("virsh", "-c", "qemu:///system", "create", p).CombinedOutput(); err != nil {
 		return fmt.Errorf("virsh create %s: %v: %s", vm.Name, err, out)
 	}
 	return vm.waitShell(ctx, "libvirt guest "+vm.Name, nil)
+}
+
+// StartDomain starts a defined (persistent) domain again and waits for its
+// shell.
+func (vm *VM) StartDomain(ctx context.Context) error {
+	if vm.shell != nil {
+		vm.shell.Close()
+		vm.shell = nil
+	}
+	if out, err := exec.Command("virsh", "-c", "qemu:///system", "start", vm.Name).CombinedOutput(); err != nil {
+		return fmt.Errorf("virsh start %s: %v: %s", vm.Name, err, out)
+	}
+	return vm.waitShell(ctx, "libvirt guest "+vm.Name, nil)
+}
+
+// Virsh runs virsh against qemu:///system and returns its output.
+func Virsh(args ...string) (string, error) {
+	out, err := exec.Command("virsh", append([]string{"-c", "qemu:///system"}, args...)...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("virsh %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
 }
 
 // virshQMP runs a QMP command through libvirt's monitor pass-through.

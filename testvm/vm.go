@@ -49,6 +49,19 @@ type Config struct {
 	Libvirt bool
 	// Cmdline is appended to the kernel command line (e.g. "nokaslr").
 	Cmdline string
+	// Disks are attached as virtio disks vda, vdb, ... (libvirt guests
+	// only); the guest needs the virtio_blk module in Modules.
+	Disks []Disk
+	// Persistent defines the libvirt domain (virsh define + start) instead
+	// of creating a transient one, so that it keeps its checkpoints across
+	// restarts; Stop undefines it.
+	Persistent bool
+}
+
+// Disk is a disk image of a libvirt test guest.
+type Disk struct {
+	Path   string // an existing image
+	Format string // qcow2 (default) or raw
 }
 
 // VM is a running test guest.
@@ -300,6 +313,9 @@ func (vm *VM) Stop() {
 	}
 	if vm.Libvirt {
 		exec.Command("virsh", "-c", "qemu:///system", "destroy", vm.Name).Run()
+		if vm.Persistent {
+			exec.Command("virsh", "-c", "qemu:///system", "undefine", "--checkpoints-metadata", vm.Name).Run()
+		}
 	}
 	if vm.MemFile != "" {
 		os.Remove(vm.MemFile)

@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/digitalocean/go-libvirt"
 	"github.com/spf13/cobra"
 	"libvirt.org/go/libvirtxml"
 
@@ -117,6 +118,7 @@ func newBackupCmd(g *globalFlags) *cobra.Command {
 		scratch string
 		noFrz   bool
 		noCheck bool
+		rate    string
 	)
 	cmd := &cobra.Command{
 		Use:   "backup -t libvirt:NAME --repo DIR",
@@ -146,6 +148,11 @@ and the open findings are kept with the restore point (see restore
 			}
 			defer r.Close(context.WithoutCancel(ctx))
 			opt := backup.BackupOptions{Domain: domain, Full: full, Scratch: scratch, Freeze: !noFrz, Security: "not checked"}
+			if rate != "" {
+				if opt.RateLimit, err = parseBytes(rate); err != nil {
+					return fmt.Errorf("--rate-limit: %w", err)
+				}
+			}
 			if !noCheck && domainRunning(domain) {
 				opt.Security, opt.Findings = securityState(ctx, g, domain)
 			}
@@ -175,6 +182,7 @@ and the open findings are kept with the restore point (see restore
 	f.StringVar(&scratch, "scratch", backup.DefaultScratch, "directory for the backup job's images until they are stored")
 	f.BoolVar(&noFrz, "no-freeze", false, "do not ask a QEMU guest agent to freeze the guest's file systems")
 	f.BoolVar(&noCheck, "no-check", false, "do not run the detectors before the backup")
+	f.StringVar(&rate, "rate-limit", "", "read the disks at most this fast, per second (e.g. 50M)")
 	return cmd
 }
 
@@ -564,7 +572,7 @@ func restoreOnto(ctx context.Context, r *backup.Repo, p *backup.Point, yes bool)
 	if cps, _, err := c.L.DomainListAllCheckpoints(dom, -1, 0); err == nil {
 		for _, cp := range cps {
 			if strings.HasPrefix(cp.Name, backup.CheckpointPrefix) {
-				c.L.DomainCheckpointDelete(cp, 4 /* VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY */)
+				c.L.DomainCheckpointDelete(cp, libvirt.DomainCheckpointDeleteMetadataOnly)
 			}
 		}
 	}
@@ -640,4 +648,25 @@ func restoreAs(ctx context.Context, r *backup.Repo, p *backup.Point, name, dir s
 	}
 	fmt.Fprintf(os.Stdout, "defined domain %s from restore point %s with its disks in %s; start it with: virsh start %s\n", name, p.ID, dir, name)
 	return nil
+}
+
+// parseBytes reads a size with an optional K, M or G suffix (powers of 1024).
+func parseBytes(s string) (int64, error) {
+	mult := int64(1)
+	switch strings.ToUpper(s[len(s)-1:]) {
+	case "K":
+		mult = 1 << 10
+	case "M":
+		mult = 1 << 20
+	case "G":
+		mult = 1 << 30
+	}
+	if mult > 1 {
+		s = s[:len(s)-1]
+	}
+	var n int64
+	if _, err := fmt.Sscan(s, &n); err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a size (e.g. 512K, 50M, 1G)", s)
+	}
+	return n * mult, nil
 }

@@ -1,0 +1,150 @@
+package backup
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/kopia/kopia/repo"
+)
+
+func qemuIO(t *testing.T, img string, cmds ...string) {
+	t.Helper()
+	args := []string{"-f", "qcow2"}
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	if out, err := exec.Command("qemu-io", append(args, img)...).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-io %v: %v: %s (apt-get install qemu-utils)", cmds, err, out)
+	}
+}
+
+func qemuImg(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img %v: %v: %s (apt-get install qemu-utils)", args, err, out)
+	}
+}
+
+// rawSHA is the checksum of an image's content as qemu-img reads it.
+func rawSHA(t *testing.T, img string) string {
+	t.Helper()
+	raw := filepath.Join(t.TempDir(), "x.raw")
+	qemuImg(t, "convert", "-O", "raw", img, raw)
+	return fileSHA(t, raw)
+}
+
+func fileSHA(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// TestIngestRestore stores an image in full, then an incremental change
+// shaped like a libvirt backup job's target (a qcow2 overlay, backed by the
+// live disk, with only the changed clusters allocated, one of them written
+// as zeros), and restores both; qemu-img is the judge of the content.
+func TestIngestRestore(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "disk.qcow2")
+	qemuImg(t, "create", "-f", "qcow2", disk, "21M") // not a multiple of the segment size
+	qemuIO(t, disk, "write -P 0x11 0 5M", "write -P 0x22 12M 64k", "write -P 0x33 20M 1M")
+	full := rawSHA(t, disk)
+
+	r, err := Open(ctx, Options{Location: filepath.Join(dir, "repo"), Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close(ctx)
+	img, f, err := openDisk(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1 := &Point{Domain: "unit", Time: time.Now().Add(-time.Hour)}
+	var d1 *Disk
+	err = repo.WriteSession(ctx, r.rep, repo.WriteSessionOptions{Purpose: "test"}, func(ctx context.Context, w repo.RepositoryWriter) error {
+		d, err := ingest(ctx, r, w, img, img.Size(), nil, nil, nil)
+		if err != nil {
+			return err
+		}
+		d.Target = "vda"
+		d1 = d
+		p1.Disks = []Disk{*d}
+		return savePoint(ctx, w, p1, "<domain/>")
+	})
+	img.Close()
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := int64(5<<20 + 64<<10 + 1<<20); d1.Read != want {
+		t.Errorf("full: read %d bytes, want %d (the clusters that are not zero)", d1.Read, want)
+	}
+
+	// the changes, as a backup job's target would hold them
+	overlay := filepath.Join(dir, "incr.qcow2")
+	qemuImg(t, "create", "-f", "qcow2", "-b", disk, "-F", "qcow2", overlay)
+	qemuIO(t, overlay, "write -P 0x44 1M 128k", "write -z 12M 64k", "write -P 0x55 16M 64k")
+	want2 := rawSHA(t, overlay)
+	img, f, err = openTarget(overlay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2 := &Point{Domain: "unit", Time: time.Now()}
+	var d2 *Disk
+	err = repo.WriteSession(ctx, r.rep, repo.WriteSessionOptions{Purpose: "test"}, func(ctx context.Context, w repo.RepositoryWriter) error {
+		d, err := ingest(ctx, r, w, img, d1.Size, d1, nil, nil)
+		if err != nil {
+			return err
+		}
+		d.Target = "vda"
+		d2 = d
+		p2.Disks = []Disk{*d}
+		return savePoint(ctx, w, p2, "<domain/>")
+	})
+	img.Close()
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := int64(128<<10 + 64<<10); d2.Read != want {
+		t.Errorf("incremental: read %d bytes, want %d (the allocated data clusters)", d2.Read, want)
+	}
+	if d2.Segments[1] != d1.Segments[1] || d2.Segments[0] == d1.Segments[0] {
+		t.Errorf("incremental: segment 0 changed and segment 1 did not, got %v / %v", d2.Segments[:2], d1.Segments[:2])
+	}
+
+	pts, err := r.Points(ctx, "unit")
+	if err != nil || len(pts) != 2 {
+		t.Fatalf("points: %v %v", pts, err)
+	}
+	for i, want := range []string{full, want2} {
+		p, err := r.Load(ctx, pts[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(dir, "restored"+p.ID+".raw")
+		if err := r.RestoreDisk(ctx, p, "vda", out, "", false, nil); err != nil {
+			t.Fatal(err)
+		}
+		if got := fileSHA(t, out); got != want {
+			t.Errorf("restore point %d: sha256 %s, qemu-img reads %s", i+1, got, want)
+		}
+		if probs, err := r.Verify(ctx, p, nil); err != nil || len(probs) != 0 {
+			t.Errorf("verify point %d: %v %v", i+1, probs, err)
+		}
+	}
+	if err := r.RestoreDisk(ctx, pts[0], "vdz", filepath.Join(dir, "x"), "", false, nil); err == nil {
+		t.Error("restore of a disk the point does not have did not fail")
+	}
+}
