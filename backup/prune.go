@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/kopia/kopia/repo"
@@ -112,4 +113,28 @@ func (r *Repo) Collect(ctx context.Context, now bool) error {
 		return fmt.Errorf("repository %s: garbage collection: %w", r.Location, err)
 	}
 	return w.Flush(ctx)
+}
+
+// ParseSize reads a size with an optional K, M or G suffix (powers of 1024).
+func ParseSize(s string) (int64, error) {
+	if s == "" {
+		return 0, fmt.Errorf("empty size (e.g. 512K, 50M, 1G)")
+	}
+	mult := int64(1)
+	switch strings.ToUpper(s[len(s)-1:]) {
+	case "K":
+		mult = 1 << 10
+	case "M":
+		mult = 1 << 20
+	case "G":
+		mult = 1 << 30
+	}
+	if mult > 1 {
+		s = s[:len(s)-1]
+	}
+	var n int64
+	if _, err := fmt.Sscan(s, &n); err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a size (e.g. 512K, 50M, 1G)", s)
+	}
+	return n * mult, nil
 }

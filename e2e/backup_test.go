@@ -93,6 +93,16 @@ func imageSHA(t *testing.T, image string) string {
 	return sha256File(t, raw)
 }
 
+// needBlock fails the test unless the guest sees dev as a block device
+// (dd would otherwise write a file on /dev's tmpfs).
+func needBlock(t *testing.T, vm *testvm.VM, dev string) {
+	t.Helper()
+	if out, err := vm.Run("test -b " + dev + " && echo yes"); err != nil || !strings.Contains(out, "yes") {
+		lsmod, _ := vm.Run("cat /proc/modules; ls /dev")
+		t.Fatalf("the guest has no block device %s (%v): %s", dev, err, lsmod)
+	}
+}
+
 // guestWrite runs dd in the guest and flushes, so the image holds it.
 func guestWrite(t *testing.T, vm *testvm.VM, dd string) {
 	t.Helper()
@@ -133,13 +143,14 @@ func TestBackupRestore(t *testing.T) {
 	const name = "vmwatch-e2e-backup"
 	vm, err := testvm.Start(context.Background(), testvm.Config{
 		Kernel: k, Name: name, Libvirt: true, Persistent: true,
-		Modules: append(append([]string{}, testvm.DefaultModules...), "virtio_blk"),
+		Modules: append(append([]string{}, testvm.DefaultModules...), k.DiskModules()...),
 		Disks:   []testvm.Disk{{Path: data}},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer vm.Stop()
+	needBlock(t, vm, "/dev/vda")
 	repoDir := filepath.Join(dir, "repo")
 	scratch := filepath.Join(dir, "scratch")
 	backupArgs := []string{"backup", "-t", "libvirt:" + name, "--repo", repoDir, "--scratch", scratch}
@@ -479,4 +490,92 @@ func largestPack(t *testing.T, repoDir string) string {
 		t.Fatal("no pack blob in the repository")
 	}
 	return best
+}
+
+// TestServeBackupSchedule: the daemon backs a libvirt domain up on a
+// schedule, records its open findings with each restore point, prunes to
+// the schedule's keep-last, and journals each backup.
+func TestServeBackupSchedule(t *testing.T) {
+	if err := testvm.EnsureLibvirtd(); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "vmwatch-e2e-sched-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o777)
+	data := filepath.Join(dir, "data.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-f", "qcow2", data, "32M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create: %v: %s", err, out)
+	}
+	os.Chmod(data, 0o666)
+	k, err := testvm.FetchKernel("6.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const name = "vmwatch-e2e-sched"
+	vm, err := testvm.Start(context.Background(), testvm.Config{
+		Kernel: k, Name: name, Libvirt: true,
+		Modules: append(append([]string{}, testvm.DefaultModules...), k.DiskModules()...),
+		Disks:   []testvm.Disk{{Path: data}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Stop()
+	needBlock(t, vm, "/dev/vda")
+	guestWrite(t, vm, "dd if=/dev/urandom of=/dev/vda bs=1M count=4")
+	repoDir := filepath.Join(dir, "repo")
+	d := startDaemon(t, fmt.Sprintf(`
+libvirt: {enabled: true}
+defaults: {check_interval: 2s, metrics_interval: 2s}
+backup:
+  repo: %s
+  scratch: %s
+  schedules:
+    - domains: [%s]
+      cron: "*/4 * * * * * *"
+      keep: {last: 2}
+`, repoDir, filepath.Join(dir, "scratch"), name))
+	var recs []struct {
+		Subject string `json:"subject"`
+		Message string `json:"message"`
+	}
+	waitFor(t, 60*time.Second, "three scheduled backups", func() bool {
+		recs = nil
+		d.get(t, "/api/vms/"+name+"/journal?kind=backup", &recs)
+		n := 0
+		for _, r := range recs {
+			if r.Subject == "backup" {
+				n++
+			}
+		}
+		return n >= 3
+	})
+	for _, r := range recs {
+		if r.Subject == "backup failed" {
+			t.Errorf("journal: %s", r.Message)
+		}
+	}
+	var pts []struct {
+		ID, Kind, Security, Domain string
+	}
+	vmwatchJSON(t, &pts, "backups", "--repo", repoDir, "--domain", name)
+	if len(pts) < 1 || len(pts) > 3 {
+		t.Errorf("keep last 2: %d restore points (one more may be on its way): %+v", len(pts), pts)
+	}
+	for _, p := range pts {
+		if p.Kind != "incremental" || p.Security != "clean" {
+			t.Errorf("scheduled restore point %s: kind %s, security %q (want incremental after the first, clean from the daemon's checks)", p.ID, p.Kind, p.Security)
+		}
+	}
+	h := guestSHA(t, vm, "/dev/vda")
+	time.Sleep(5 * time.Second) // one more backup after the last write
+	vmwatchJSON(t, &pts, "backups", "--repo", repoDir, "--domain", name)
+	out := filepath.Join(t.TempDir(), "r.raw")
+	vmwatch(t, "restore", "--repo", repoDir, "--point", pts[len(pts)-1].ID, "--to", out)
+	if got := sha256File(t, out); got != h {
+		t.Errorf("the newest scheduled restore point restores to %s, the guest reads %s", got, h)
+	}
 }

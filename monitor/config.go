@@ -64,6 +64,8 @@ type Config struct {
 	// Alarms replace the shipped defaults unless DefaultAlarms is true.
 	Alarms        []AlarmDef `yaml:"alarms"`
 	DefaultAlarms *bool      `yaml:"default_alarms"`
+	// Backup schedules backups of libvirt domains.
+	Backup BackupConf `yaml:"backup"`
 }
 
 // VMSettings are per-VM schedule settings.
@@ -226,6 +228,9 @@ func (c *Config) Validate() error {
 		if err := a.validate(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := c.Backup.validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

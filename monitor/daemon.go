@@ -97,10 +97,14 @@ func (d *Daemon) Start(ctx context.Context) error {
 	if err := d.startLibvirt(d.ctx); err != nil {
 		return err
 	}
-	d.wg.Add(1)
+	d.wg.Add(2)
 	go func() {
 		defer d.wg.Done()
 		d.retention(d.ctx)
+	}()
+	go func() {
+		defer d.wg.Done()
+		d.backups(d.ctx)
 	}()
 	return nil
 }

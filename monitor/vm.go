@@ -75,6 +75,7 @@ type VM struct {
 	k         *linux.Kernel
 	banner    string
 	open      map[string]detect.Finding
+	since     map[string]time.Time // when each open finding was first seen
 	alarms    map[string]*AlarmState
 	series    *Series
 	latest    map[string]float64
@@ -103,7 +104,7 @@ type TopProcess struct {
 
 func newVM(d *Daemon, name, source string, s VMSettings, c connector) *VM {
 	return &VM{Name: name, Source: source, settings: s, conn: c, d: d, state: StateStarting,
-		open: map[string]detect.Finding{}, alarms: map[string]*AlarmState{},
+		open: map[string]detect.Finding{}, since: map[string]time.Time{}, alarms: map[string]*AlarmState{},
 		series: NewSeries(s.History.D(), s.MetricsInterval.D()), latest: map[string]float64{},
 		prevCPU: map[int64]float64{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
 }
@@ -436,6 +437,15 @@ func (vm *VM) check(ctx context.Context) error {
 	prev := vm.open
 	vm.open = now
 	vm.lastCheck = time.Now()
+	since := map[string]time.Time{}
+	for k, f := range now {
+		if t, ok := vm.since[k]; ok {
+			since[k] = t
+		} else {
+			since[k] = f.Time
+		}
+	}
+	vm.since = since
 	vm.mu.Unlock()
 	keys := make([]string, 0, len(now))
 	for k := range now {

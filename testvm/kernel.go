@@ -171,3 +171,16 @@ func versionLess(a, b string) bool {
 	}
 	return len(pa) < len(pb)
 }
+
+// DiskModules are the modules a guest of this kernel loads, in order, to
+// see virtio disks: Debian's 6.1 builds virtio and virtio_pci as modules,
+// 6.12 builds them in (only the ones that exist as modules are listed).
+func (k *Kernel) DiskModules() []string {
+	var out []string
+	for _, m := range []string{"virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "virtio_blk"} {
+		if _, err := k.ModulePath(m); err == nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}

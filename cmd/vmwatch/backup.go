@@ -149,7 +149,7 @@ and the open findings are kept with the restore point (see restore
 			defer r.Close(context.WithoutCancel(ctx))
 			opt := backup.BackupOptions{Domain: domain, Full: full, Scratch: scratch, Freeze: !noFrz, Security: "not checked"}
 			if rate != "" {
-				if opt.RateLimit, err = parseBytes(rate); err != nil {
+				if opt.RateLimit, err = backup.ParseSize(rate); err != nil {
 					return fmt.Errorf("--rate-limit: %w", err)
 				}
 			}
@@ -648,25 +648,4 @@ func restoreAs(ctx context.Context, r *backup.Repo, p *backup.Point, name, dir s
 	}
 	fmt.Fprintf(os.Stdout, "defined domain %s from restore point %s with its disks in %s; start it with: virsh start %s\n", name, p.ID, dir, name)
 	return nil
-}
-
-// parseBytes reads a size with an optional K, M or G suffix (powers of 1024).
-func parseBytes(s string) (int64, error) {
-	mult := int64(1)
-	switch strings.ToUpper(s[len(s)-1:]) {
-	case "K":
-		mult = 1 << 10
-	case "M":
-		mult = 1 << 20
-	case "G":
-		mult = 1 << 30
-	}
-	if mult > 1 {
-		s = s[:len(s)-1]
-	}
-	var n int64
-	if _, err := fmt.Sscan(s, &n); err != nil || n <= 0 {
-		return 0, fmt.Errorf("%q is not a size (e.g. 512K, 50M, 1G)", s)
-	}
-	return n * mult, nil
 }
