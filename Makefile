@@ -46,8 +46,15 @@ demo: deps
 	@$(MAKE) --no-print-directory demo-stop >/dev/null 2>&1 || true
 	$(BIN)/vmwatch-guest start --kernel 6.1 --name demo --dir $(DEMO_DIR)
 	$(BIN)/vmwatch-guest start --kernel 6.12 --name demo2 --dir $(DEMO_DIR)2
+	$(BIN)/vmwatch-guest start --libvirt --disk 256 --kernel 6.12 --name demo-lv --dir $(DEMO_DIR)-lv
 	$(BIN)/vmwatch info -t qmp:$(DEMO_DIR)/qmp.sock
 	$(BIN)/vmwatch ps -t qmp:$(DEMO_DIR)/qmp.sock
+	@rm -rf $(DEMO_DIR)-backups
+	$(BIN)/vmwatch-guest run --dir $(DEMO_DIR)-lv 'dd if=/dev/urandom of=/dev/vda bs=1M count=32 conv=fsync 2>/dev/null'
+	$(BIN)/vmwatch backup -t libvirt:demo-lv --repo $(DEMO_DIR)-backups
+	$(BIN)/vmwatch-guest run --dir $(DEMO_DIR)-lv 'dd if=/dev/urandom of=/dev/vda bs=64k count=16 seek=2000 conv=fsync 2>/dev/null'
+	$(BIN)/vmwatch backup -t libvirt:demo-lv --repo $(DEMO_DIR)-backups
+	$(BIN)/vmwatch backups --repo $(DEMO_DIR)-backups
 	@mkdir -p $(DEMO_DIR)-serve
 	@nohup $(BIN)/vmwatch serve --qmp demo=$(DEMO_DIR)/qmp.sock --qmp demo2=$(DEMO_DIR)2/qmp.sock \
 		--state-dir $(DEMO_DIR)-serve --listen 127.0.0.1:8080 --log-level info \
@@ -57,12 +64,15 @@ demo: deps
 	@echo "The guests and vmwatch serve keep running: open http://127.0.0.1:8080/"
 	@echo "serve holds the QMP sockets (QEMU serves one client); the command line can still read the guests by pid:"
 	@echo "  $(BIN)/vmwatch check -t pid:$$(cat $(DEMO_DIR)/qemu.pid)"
+	@echo "The libvirt domain demo-lv (watched by serve too) has restore points in $(DEMO_DIR)-backups:"
+	@echo "  $(BIN)/vmwatch restore --repo $(DEMO_DIR)-backups --point ID --to /tmp/vda.qcow2"
 	@echo "Stop everything with: make demo-stop"
 
 demo-stop:
 	-@test -f $(DEMO_DIR)-serve/serve.pid && kill $$(cat $(DEMO_DIR)-serve/serve.pid) 2>/dev/null; rm -f $(DEMO_DIR)-serve/serve.pid
 	-$(BIN)/vmwatch-guest stop --dir $(DEMO_DIR)
 	-$(BIN)/vmwatch-guest stop --dir $(DEMO_DIR)2
+	-$(BIN)/vmwatch-guest stop --dir $(DEMO_DIR)-lv
 
 clean:
 	rm -rf $(BIN)

@@ -2,8 +2,10 @@ package backup
 
 import (
 	"context"
+	cryptorand "crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -146,5 +148,49 @@ func TestIngestRestore(t *testing.T) {
 	}
 	if err := r.RestoreDisk(ctx, pts[0], "vdz", filepath.Join(dir, "x"), "", false, nil); err == nil {
 		t.Error("restore of a disk the point does not have did not fail")
+	}
+}
+
+// BenchmarkIngest stores a qcow2 image holding 128 MiB of random data (a
+// full backup without libvirt: the storage side's throughput).
+func BenchmarkIngest(b *testing.B) {
+	ctx := context.Background()
+	dir := b.TempDir()
+	raw := filepath.Join(dir, "x.raw")
+	f, _ := os.Create(raw)
+	buf := make([]byte, 1<<20)
+	for i := 0; i < 128; i++ {
+		cryptorand.Read(buf)
+		f.Write(buf)
+	}
+	f.Close()
+	disk := filepath.Join(dir, "x.qcow2")
+	if out, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, disk).CombinedOutput(); err != nil {
+		b.Fatalf("%v: %s", err, out)
+	}
+	b.SetBytes(128 << 20)
+	for i := 0; i < b.N; i++ {
+		b.StopTimer() // a new repository each time (else all is deduplicated)
+		r, err := Open(ctx, Options{Location: filepath.Join(dir, fmt.Sprint("repo", i)), Create: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		img, f, err := openDisk(disk)
+		if err != nil {
+			b.Fatal(err)
+		}
+		err = repo.WriteSession(ctx, r.rep, repo.WriteSessionOptions{Purpose: "bench"}, func(ctx context.Context, w repo.RepositoryWriter) error {
+			_, err := ingest(ctx, r, w, img, img.Size(), nil, nil, nil)
+			return err
+		})
+		img.Close()
+		f.Close()
+		b.StopTimer()
+		r.Close(ctx)
+		b.StartTimer()
+		if err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -141,13 +141,16 @@ func Backup(ctx context.Context, r *Repo, opt BackupOptions) (*Point, error) {
 			p.State = "paused"
 		}
 	}
+	log.Debug("backup planned", "took", time.Since(start))
 	before, err := r.StoredBytes(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("repository %s: %w", r.Location, err)
 	}
 	var cleanup func()
 	if live {
+		t0 := time.Now()
 		cleanup, err = runBackupJob(ctx, c, dom, opt, disks, log)
+		log.Debug("backup job done", "took", time.Since(t0))
 		if cleanup != nil {
 			defer cleanup()
 		}
@@ -197,7 +200,9 @@ func Backup(ctx context.Context, r *Repo, opt BackupOptions) (*Point, error) {
 			if d.mode == "incremental" {
 				base = d.baseDisk
 			}
+			t0 := time.Now()
 			sd, err := ingest(ctx, r, w, img, d.size, base, prog, lim)
+			log.Debug("disk stored", "disk", d.target, "took", time.Since(t0))
 			img.Close()
 			f.Close()
 			if err != nil {

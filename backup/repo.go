@@ -13,6 +13,7 @@ package backup
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -148,33 +149,44 @@ func Open(ctx context.Context, opt Options) (*Repo, error) {
 	}
 	cfg := filepath.Join(tmp, "repository.config")
 	host, _ := os.Hostname()
-	copt := &repo.ConnectOptions{ClientOptions: repo.ClientOptions{Hostname: host, Username: "vmwatch"}, CachingOptions: content.CachingOptions{}}
-	err = repo.Connect(ctx, cfg, st, pw, copt)
-	if errors.Is(err, repo.ErrRepositoryNotInitialized) && opt.Create {
-		slog.Info("creating backup repository", "repo", opt.Location, "encrypted", opt.Password != "")
-		nro := &repo.NewRepositoryOptions{
-			ObjectFormat: format.ObjectFormat{Splitter: "FIXED-4M"},
-		}
-		if err = repo.Initialize(ctx, st, nro, pw); err == nil {
-			err = repo.Connect(ctx, cfg, st, pw, copt)
-		}
-	}
-	if err != nil {
+	fail := func(err error) (*Repo, error) {
 		os.RemoveAll(tmp)
 		st.Close(ctx)
-		switch {
-		case errors.Is(err, repo.ErrRepositoryNotInitialized):
-			return nil, fmt.Errorf("repository %s: no repository there yet (the first vmwatch backup creates it)", opt.Location)
-		case errors.Is(err, repo.ErrInvalidPassword):
-			return nil, fmt.Errorf("repository %s: wrong password (give it with --password-file or VMWATCH_REPO_PASSWORD)", opt.Location)
+		return nil, err
+	}
+	// is there a repository? (the format blob)
+	_, err = st.GetMetadata(ctx, format.KopiaRepositoryBlobID)
+	switch {
+	case errors.Is(err, blob.ErrBlobNotFound) && opt.Create:
+		slog.Info("creating backup repository", "repo", opt.Location, "encrypted", opt.Password != "")
+		nro := &repo.NewRepositoryOptions{ObjectFormat: format.ObjectFormat{Splitter: "FIXED-4M"}, BlockFormat: format.ContentFormat{Hash: "BLAKE3-256-128"}}
+		if err := repo.Initialize(ctx, st, nro, pw); err != nil {
+			return fail(fmt.Errorf("repository %s: create: %w", opt.Location, err))
 		}
-		return nil, fmt.Errorf("repository %s: %w", opt.Location, err)
+	case errors.Is(err, blob.ErrBlobNotFound):
+		return fail(fmt.Errorf("repository %s: no repository there yet (the first vmwatch backup creates it)", opt.Location))
+	case err != nil:
+		return fail(fmt.Errorf("repository %s: %w", opt.Location, err))
+	}
+	// the connection, as repo.Connect would write it, but without its
+	// second opening of the repository (each one derives the key from the
+	// password with scrypt, ~0.1 s)
+	ci := st.ConnectionInfo()
+	lc := repo.LocalConfig{Storage: &ci, Caching: &content.CachingOptions{},
+		ClientOptions: repo.ClientOptions{Hostname: host, Username: "vmwatch", Description: "vmwatch"}}
+	b, err := json.Marshal(lc)
+	if err == nil {
+		err = os.WriteFile(cfg, b, 0o600)
+	}
+	if err != nil {
+		return fail(err)
 	}
 	rep, err := repo.Open(ctx, cfg, pw, &repo.Options{DisableInternalLog: true})
+	if errors.Is(err, repo.ErrInvalidPassword) {
+		return fail(fmt.Errorf("repository %s: wrong password (give it with --password-file or VMWATCH_REPO_PASSWORD)", opt.Location))
+	}
 	if err != nil {
-		os.RemoveAll(tmp)
-		st.Close(ctx)
-		return nil, fmt.Errorf("repository %s: %w", opt.Location, err)
+		return fail(fmt.Errorf("repository %s: %w", opt.Location, err))
 	}
 	return &Repo{rep: rep, st: st, cfg: tmp, Location: opt.Location}, nil
 }

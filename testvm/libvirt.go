@@ -142,3 +142,11 @@ func EnsureLibvirtd() error {
 	}
 	return fmt.Errorf("libvirtd does not answer on qemu:///system")
 }
+
+// CreateImage makes an empty qcow2 image that libvirt's QEMU may open.
+func CreateImage(path string, mb int) error {
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", path, fmt.Sprintf("%dM", mb)).CombinedOutput(); err != nil {
+		return fmt.Errorf("qemu-img create %s: %v: %s", path, err, out)
+	}
+	return os.Chmod(path, 0o666)
+}

@@ -335,8 +335,17 @@ func (vm *VM) Release() {
 	}
 }
 
-// StopDir stops a detached guest by its directory (the QEMU pid file).
+// StopDir stops a detached guest by its directory (the QEMU pid file, or
+// the libvirt domain it names: destroyed and undefined).
 func StopDir(dir string) error {
+	if b, err := os.ReadFile(filepath.Join(dir, "libvirt-domain")); err == nil {
+		name := strings.TrimSpace(string(b))
+		exec.Command("virsh", "-c", "qemu:///system", "destroy", name).Run()
+		if out, err := exec.Command("virsh", "-c", "qemu:///system", "undefine", "--checkpoints-metadata", name).CombinedOutput(); err != nil {
+			return fmt.Errorf("virsh undefine %s: %v: %s", name, err, out)
+		}
+		return os.RemoveAll(dir)
+	}
 	b, err := os.ReadFile(filepath.Join(dir, "qemu.pid"))
 	if err != nil {
 		return fmt.Errorf("no running guest in %s: %w", dir, err)

@@ -3,6 +3,7 @@
 // initramfs, a QMP socket and a serial shell.
 //
 //	vmwatch-guest start [--kernel 6.1|6.12] [--dir DIR] [--memory MB] [--memfile PATH]
+//	                    [--libvirt [--disk MB]]   (a persistent libvirt domain with a qcow2 data disk)
 //	vmwatch-guest stop --dir DIR
 //	vmwatch-guest run --dir DIR 'COMMAND'   (a command in the guest's shell)
 package main
@@ -30,16 +31,36 @@ func main() {
 	memfile := fs.String("memfile", "", "back guest RAM with this shared file (e.g. /dev/shm/vmwatch-demo)")
 	name := fs.String("name", "demo", "guest name")
 	cpu := fs.String("cpu", "", "QEMU CPU model (\"max\" offers 5-level paging)")
+	lvirt := fs.Bool("libvirt", false, "run the guest as a persistent libvirt domain named --name (qemu:///system)")
+	disk := fs.Int("disk", 0, "with --libvirt: a qcow2 data disk of this many MiB (vda in the guest)")
 	fs.Parse(os.Args[2:])
 	switch os.Args[1] {
 	case "start":
 		k, err := testvm.FetchKernel(*series)
 		check(err)
 		check(os.MkdirAll(*dir, 0o755))
-		vm, err := testvm.Start(context.Background(), testvm.Config{
+		cfg := testvm.Config{
 			Kernel: k, Name: *name, MemoryMB: *mem, MemFile: *memfile, Dir: *dir, Detach: true, CPUModel: *cpu,
-		})
+		}
+		if *lvirt {
+			check(testvm.EnsureLibvirtd())
+			cfg.Libvirt, cfg.Persistent, cfg.MemFile = true, true, ""
+			if *disk > 0 {
+				img := filepath.Join(*dir, "data.qcow2")
+				check(testvm.CreateImage(img, *disk))
+				cfg.Disks = []testvm.Disk{{Path: img}}
+				cfg.Modules = append(append([]string{}, testvm.DefaultModules...), k.DiskModules()...)
+			}
+		}
+		vm, err := testvm.Start(context.Background(), cfg)
 		check(err)
+		if *lvirt {
+			check(os.WriteFile(filepath.Join(*dir, "libvirt-domain"), []byte(*name+"\n"), 0o644))
+			fmt.Printf("guest %s running as libvirt domain %s: kernel %s, %d MiB\n", *name, *name, k.Release, *mem)
+			fmt.Printf("  target:       -t libvirt:%s\n  serial shell: %s\n  stop it with: vmwatch-guest stop --dir %s\n", *name, vm.SerialPath, *dir)
+			vm.Release()
+			return
+		}
 		fmt.Printf("guest %s running: kernel %s, %d MiB, %s, QEMU pid %d\n", *name, k.Release, *mem, vm.Accel, vm.PID())
 		vm.Release()
 		fmt.Printf("  QMP socket:   %s\n  serial shell: %s\n  console log:  %s\n", vm.QMPPath, vm.SerialPath, vm.ConsoleLog)
