@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -192,5 +193,119 @@ func BenchmarkIngest(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// storeImage stores a disk image as a full restore point of domain and
+// returns it loaded.
+func storeImage(t *testing.T, r *Repo, disk, domain string) *Point {
+	t.Helper()
+	return storeImageAt(t, r, disk, domain, time.Now())
+}
+
+func storeImageAt(t *testing.T, r *Repo, disk, domain string, at time.Time) *Point {
+	t.Helper()
+	ctx := context.Background()
+	img, f, err := openDisk(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	defer img.Close()
+	p := &Point{Domain: domain, Time: at}
+	err = repo.WriteSession(ctx, r.rep, repo.WriteSessionOptions{Purpose: "test"}, func(ctx context.Context, w repo.RepositoryWriter) error {
+		d, err := ingest(ctx, r, w, img, img.Size(), nil, nil, nil)
+		if err != nil {
+			return err
+		}
+		d.Target = "vda"
+		p.Disks = []Disk{*d}
+		return savePoint(ctx, w, p, "<domain/>")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestPruneRepository: restore points with synthetic timestamps (the ones
+// of TestSelect) are pruned in a real repository: exactly the points the
+// policy keeps remain, each still restores, and the data only the removed
+// ones held is released.
+func TestPruneRepository(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	r, err := Open(ctx, Options{Location: filepath.Join(dir, "repo"), Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close(ctx)
+	disk := filepath.Join(dir, "disk.qcow2")
+	names := []string{"K", "J", "I", "H", "G", "F", "E", "D", "C", "B", "A"}
+	times := []string{"2026-09-15 12:00", "2026-10-01 12:00", "2026-10-31 12:00", "2026-11-15 12:00", "2026-11-20 12:00",
+		"2026-11-23 12:00", "2026-11-26 12:00", "2026-11-27 06:00", "2026-11-27 18:00", "2026-11-28 06:00", "2026-11-28 18:00"}
+	ids := map[string]string{}
+	content := map[string]string{}
+	for i, n := range names {
+		// each point holds different random data (incompressible)
+		raw := filepath.Join(dir, "rand.raw")
+		b := make([]byte, 1<<20)
+		cryptorand.Read(b)
+		os.WriteFile(raw, b, 0o600)
+		os.Truncate(raw, 4<<20)
+		os.Remove(disk)
+		qemuImg(t, "convert", "-f", "raw", "-O", "qcow2", raw, disk)
+		at, _ := time.Parse("2006-01-02 15:04", times[i])
+		p := storeImageAt(t, r, disk, "unit", at)
+		ids[p.ID] = n
+		content[n] = rawSHA(t, disk)
+	}
+	pts, err := r.Points(ctx, "unit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var remove []string
+	for _, d := range Select(pts, Keep{Last: 1, Daily: 2, Weekly: 2, Monthly: 2}, time.UTC) {
+		if !d.Keep {
+			remove = append(remove, d.Point.ID)
+		}
+	}
+	before, err := r.ContentStats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Delete(ctx, remove); err != nil {
+		t.Fatal(err)
+	}
+	cs, err := r.Collect(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pts, err = r.Points(ctx, "unit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept []string
+	for _, p := range pts {
+		kept = append(kept, ids[p.ID])
+		full, err := r.Load(ctx, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(dir, "r-"+p.ID)
+		if err := r.RestoreDisk(ctx, full, "vda", out, "raw", false, nil); err != nil {
+			t.Fatalf("restore of kept point %s after prune: %v", ids[p.ID], err)
+		}
+		if got := fileSHA(t, out); got != content[ids[p.ID]] {
+			t.Errorf("kept point %s restores to other data after prune", ids[p.ID])
+		}
+	}
+	if got := strings.Join(kept, ""); got != "KIHGECA" {
+		t.Errorf("kept %s, want KIHGECA (oldest first)", got)
+	}
+	// four points of 1 MiB random data each were removed: their data is
+	// no longer referenced (kopia deletes it when its margins allow)
+	if freed := before.LiveBytes - cs.LiveBytes; freed < 4<<20 || cs.UnreferencedBytes < 4<<20 {
+		t.Errorf("after prune: live %d -> %d bytes, unreferenced %d; want 4 MiB less live and 4 MiB unreferenced", before.LiveBytes, cs.LiveBytes, cs.UnreferencedBytes)
 	}
 }

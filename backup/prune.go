@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/kopia/kopia/repo"
+	"github.com/kopia/kopia/repo/content"
+	"github.com/kopia/kopia/repo/logging"
 	"github.com/kopia/kopia/repo/maintenance"
 	"github.com/kopia/kopia/snapshot/snapshotmaintenance"
 )
@@ -89,30 +92,68 @@ func Select(points []*Point, k Keep, loc *time.Location) []Decision {
 	return out
 }
 
+// CollectStats is what garbage collection leaves: the bytes of contents
+// that restore points refer to, and of those no point refers to any more
+// (released by kopia when its safety margins allow).
+type CollectStats struct {
+	LiveBytes         int64 `json:"live_bytes"`
+	UnreferencedBytes int64 `json:"unreferenced_bytes"`
+}
+
 // Collect runs kopia's snapshot garbage collection and full maintenance,
-// which deletes the contents no restore point refers to any more. With
-// now=false kopia's safety margins apply (a content is deleted only after
-// two collections at least a day apart, so that a backup writing at the
-// same time is never harmed); now=true deletes at once and is safe only
-// when nothing else writes to the repository.
-func (r *Repo) Collect(ctx context.Context, now bool) error {
+// which marks the contents no restore point refers to any more and
+// releases their space once kopia's safety margins allow. With now=false
+// the margins are kopia's defaults (space goes only after two collections
+// at least a day apart, so that a backup writing at the same time is never
+// harmed); now=true drops them and is safe only when nothing else writes
+// to the repository.
+func (r *Repo) Collect(ctx context.Context, now bool) (CollectStats, error) {
+	var cs CollectStats
 	dr, ok := r.rep.(repo.DirectRepository)
 	if !ok {
-		return errors.New("garbage collection needs a direct repository connection")
+		return cs, errors.New("garbage collection needs a direct repository connection")
 	}
 	safety := maintenance.SafetyFull
 	if now {
 		safety = maintenance.SafetyNone
 	}
+	if os.Getenv("VMWATCH_KOPIA_LOG") != "" {
+		ctx = logging.WithLogger(ctx, logging.ToWriter(os.Stderr))
+	}
 	ctx, w, err := dr.NewDirectWriter(ctx, repo.WriteSessionOptions{Purpose: "vmwatch prune"})
 	if err != nil {
-		return err
+		return cs, err
 	}
 	defer w.Close(ctx)
 	if err := snapshotmaintenance.Run(ctx, w, maintenance.ModeFull, true, safety); err != nil {
-		return fmt.Errorf("repository %s: garbage collection: %w", r.Location, err)
+		return cs, fmt.Errorf("repository %s: garbage collection: %w", r.Location, err)
 	}
-	return w.Flush(ctx)
+	if err := w.Flush(ctx); err != nil {
+		return cs, err
+	}
+	return contentStats(ctx, w.ContentManager())
+}
+
+// ContentStats counts the bytes of live and unreferenced contents.
+func (r *Repo) ContentStats(ctx context.Context) (CollectStats, error) {
+	dr, ok := r.rep.(repo.DirectRepository)
+	if !ok {
+		return CollectStats{}, errors.New("content statistics need a direct repository connection")
+	}
+	return contentStats(ctx, dr.ContentReader())
+}
+
+func contentStats(ctx context.Context, cr content.Reader) (CollectStats, error) {
+	var cs CollectStats
+	err := cr.IterateContents(ctx, content.IterateOptions{IncludeDeleted: true}, func(ci content.Info) error {
+		if ci.Deleted {
+			cs.UnreferencedBytes += int64(ci.PackedLength)
+		} else {
+			cs.LiveBytes += int64(ci.PackedLength)
+		}
+		return nil
+	})
+	return cs, err
 }
 
 // ParseSize reads a size with an optional K, M or G suffix (powers of 1024).

@@ -42,7 +42,8 @@ type Options struct {
 	// Location is a directory, s3://BUCKET/PREFIX or sftp://USER@HOST/PATH.
 	// S3 reads AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and, optionally,
 	// S3_ENDPOINT (default s3.amazonaws.com) and S3_REGION. SFTP reads
-	// SFTP_KEY_FILE (a private key) and SFTP_KNOWN_HOSTS.
+	// SFTP_KEY_FILE (a private key; default ~/.ssh/id_ed25519, id_ecdsa or
+	// id_rsa) and SFTP_KNOWN_HOSTS (default ~/.ssh/known_hosts).
 	Location string
 	// Password; "" uses DefaultPassword.
 	Password string
@@ -92,9 +93,19 @@ func storage(ctx context.Context, loc string, create bool) (blob.Storage, error)
 		if p := u.Port(); p != "" {
 			fmt.Sscan(p, &port)
 		}
+		key := os.Getenv("SFTP_KEY_FILE")
+		if key == "" { // ssh's own default keys
+			home, _ := os.UserHomeDir()
+			for _, k := range []string{"id_ed25519", "id_ecdsa", "id_rsa"} {
+				if _, err := os.Stat(filepath.Join(home, ".ssh", k)); err == nil {
+					key = filepath.Join(home, ".ssh", k)
+					break
+				}
+			}
+		}
 		opt := &sftp.Options{
 			Path: u.Path, Host: u.Hostname(), Port: port, Username: u.User.Username(),
-			Keyfile: os.Getenv("SFTP_KEY_FILE"), KnownHostsFile: os.Getenv("SFTP_KNOWN_HOSTS"),
+			Keyfile: key, KnownHostsFile: os.Getenv("SFTP_KNOWN_HOSTS"),
 		}
 		st, err := sftp.New(ctx, opt, create)
 		if err != nil {

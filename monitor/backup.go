@@ -191,7 +191,7 @@ func (d *Daemon) runSchedule(ctx context.Context, s *BackupSchedule) {
 			d.backupFailed(ctx, name, err)
 			continue
 		}
-		if err := r.Collect(ctx, false); err != nil {
+		if _, err := r.Collect(ctx, false); err != nil {
 			d.log.Warn("backup repository garbage collection", "err", err)
 		}
 		data, _ = json.Marshal(map[string]any{"removed": remove})

@@ -366,9 +366,12 @@ when nothing else writes to the repository.`,
 				if err := r.Delete(ctx, remove); err != nil {
 					return err
 				}
-				if err := r.Collect(ctx, gcNow); err != nil {
+				cs, err := r.Collect(ctx, gcNow)
+				if err != nil {
 					return err
 				}
+				fmt.Fprintf(os.Stderr, "vmwatch: removed %d restore points; %s of data is no longer referenced (kopia releases it when its safety margins allow), %s is in use\n",
+					len(remove), hb(cs.UnreferencedBytes), hb(cs.LiveBytes))
 			}
 			type out struct {
 				ID     string    `json:"id"`
