@@ -6,7 +6,7 @@ DEMO_DIR ?= /run/vmwatch/demo
 FUZZTIME ?= 10s
 
 # fuzz targets: package:FuzzName
-FUZZ := ./guestmem:FuzzParseDump ./linux:FuzzParseKallsyms ./linux:FuzzFindBTF ./linux:FuzzBTFScan ./x86:FuzzTranslate ./guestmem:FuzzParseMtree ./linux:FuzzRingText ./detect:FuzzDiffRegion
+FUZZ := ./guestmem:FuzzParseDump ./linux:FuzzParseKallsyms ./linux:FuzzFindBTF ./linux:FuzzBTFScan ./x86:FuzzTranslate ./guestmem:FuzzParseMtree ./linux:FuzzRingText ./detect:FuzzDiffRegion ./backup:FuzzParsePoint
 
 .PHONY: all build deps test unit fuzz bench demo demo-stop clean
 

@@ -256,12 +256,44 @@ func (r *Repo) Load(ctx context.Context, p *Point) (*Point, error) {
 	if err != nil {
 		return nil, err
 	}
-	full := &Point{}
-	if err := json.Unmarshal(b, full); err != nil {
+	full, err := parsePoint(b)
+	if err != nil {
 		return nil, fmt.Errorf("restore point %s: %s: %w", p.ID, metaFile, err)
 	}
 	full.ID, full.root = p.ID, p.root
 	return full, nil
+}
+
+// parsePoint reads a point's metadata and checks that it describes images
+// this version can read: a repository may be damaged, or (without a
+// password of its own) forged.
+func parsePoint(b []byte) (*Point, error) {
+	p := &Point{}
+	if err := json.Unmarshal(b, p); err != nil {
+		return nil, err
+	}
+	if len(p.Disks) > 1024 {
+		return nil, fmt.Errorf("%d disks", len(p.Disks))
+	}
+	for i := range p.Disks {
+		d := &p.Disks[i]
+		switch {
+		case d.Target == "" || len(d.Target) > 64 || strings.ContainsAny(d.Target, "/\x00"):
+			return nil, fmt.Errorf("disk %d: bad target name %q", i, d.Target)
+		case d.SegmentSize != SegmentSize:
+			return nil, fmt.Errorf("disk %s: segment size %d (this version reads %d)", d.Target, d.SegmentSize, SegmentSize)
+		case d.Size < 0 || d.Size > 1<<50:
+			return nil, fmt.Errorf("disk %s: size %d", d.Target, d.Size)
+		case int64(len(d.Segments)) != nsegs(d.Size):
+			return nil, fmt.Errorf("disk %s: %d segments for %d bytes", d.Target, len(d.Segments), d.Size)
+		}
+		for j, sg := range d.Segments {
+			if len(sg.SHA256) != 64 || sg.Object == "" {
+				return nil, fmt.Errorf("disk %s: segment %d: bad object or hash", d.Target, j)
+			}
+		}
+	}
+	return p, nil
 }
 
 // DomainXML returns the domain definition saved with a point.
