@@ -109,7 +109,10 @@ httpd -p 8081 -h /srv/www
 touch /var/lib/misc/udhcpd.leases
 printf 'interface dummy0\nstart 10.99.0.10\nend 10.99.0.20\n' > /etc/udhcpd.conf
 udhcpd /etc/udhcpd.conf
-sleep 1000000 | nc 127.0.0.1 8081 >/dev/null &
+# a connection that stays up (httpd would close an idle one after 60 s)
+sleep 1000003 | nc -l -p 8082 >/dev/null &
+usleep 300000
+sleep 1000000 | nc 127.0.0.1 8082 >/dev/null &
 sleep 1000001 &
 sleep 1000002 &
 %s
