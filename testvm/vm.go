@@ -110,7 +110,7 @@ touch /var/lib/misc/udhcpd.leases
 printf 'interface dummy0\nstart 10.99.0.10\nend 10.99.0.20\n' > /etc/udhcpd.conf
 udhcpd /etc/udhcpd.conf
 # a connection that stays up (httpd would close an idle one after 60 s)
-sleep 1000003 | nc -l -p 8082 >/dev/null &
+sleep 2000000 | nc -l -p 8082 >/dev/null &
 usleep 300000
 sleep 1000000 | nc 127.0.0.1 8082 >/dev/null &
 sleep 1000001 &
@@ -246,7 +246,16 @@ func (vm *VM) waitShell(ctx context.Context, what string, exited <-chan struct{}
 	deadline := time.Now().Add(vm.BootTimeout)
 	for {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not boot within %v; console: %s", what, vm.BootTimeout, vm.consoleTail())
+			extra := ""
+			if vm.Libvirt {
+				st, _ := exec.Command("virsh", "-c", "qemu:///system", "domstate", "--reason", vm.Name).CombinedOutput()
+				lg, _ := os.ReadFile("/var/log/libvirt/qemu/" + vm.Name + ".log")
+				if len(lg) > 1500 {
+					lg = lg[len(lg)-1500:]
+				}
+				extra = fmt.Sprintf("; domain state: %s; QEMU log: %s", strings.TrimSpace(string(st)), lg)
+			}
+			return fmt.Errorf("%s did not boot within %v; console: %s%s", what, vm.BootTimeout, vm.consoleTail(), extra)
 		}
 		select {
 		case <-exited:
