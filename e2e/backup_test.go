@@ -327,8 +327,23 @@ func TestBackupRestore(t *testing.T) {
 	if out, err := testvm.Virsh("domjobinfo", name); err != nil || !strings.Contains(out, "None") {
 		t.Logf("domjobinfo after the kill: %s %v", out, err)
 	}
+	// a backup job that a killed vmwatch left running (a pull-mode job
+	// stays until aborted) is aborted by the next backup
+	stale := fmt.Sprintf(`<domainbackup mode='pull'><server transport='unix' socket='%s/stale.sock'/><disks>`+
+		`<disk name='vda' backup='yes' type='file'><scratch file='%s/vda.stale.qcow2'/></disk><disk name='vdb' backup='no'/></disks></domainbackup>`,
+		vm.Dir, filepath.Join(scratch, name))
+	staleXML := filepath.Join(dir, "stale.xml")
+	os.WriteFile(staleXML, []byte(stale), 0o644)
+	if _, err := testvm.Virsh("backup-begin", name, staleXML); err != nil {
+		t.Fatal(err)
+	}
 	h = guestSHA(t, vm, "/dev/vda")
-	p = backupJSON()
+	so, se, err := vmwatchRun(append(append([]string{}, backupArgs...), "-o", "json")...)
+	if err != nil || !strings.Contains(string(se), "aborting a backup job left by an earlier vmwatch run") {
+		t.Fatalf("backup with a stale job running: %v: %s", err, se)
+	}
+	p = bkPoint{}
+	json.Unmarshal(so, &p)
 	truth[p.ID] = h
 	if got := restoreSHA(p.ID, "vda", ".raw"); got != h {
 		t.Errorf("backup after a killed one: restored vda %s, the guest read %s", got, h)
@@ -429,7 +444,7 @@ func TestBackupRestore(t *testing.T) {
 	b[0] ^= 0xff
 	f.WriteAt(b, st.Size()/2)
 	f.Close()
-	so, se, err := vmwatchRun("verify", "--repo", damaged, "-o", "json")
+	so, se, err = vmwatchRun("verify", "--repo", damaged, "-o", "json")
 	var probs []struct {
 		Point, Disk string
 		Offset      int64
