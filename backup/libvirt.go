@@ -457,10 +457,12 @@ func freeze(c *lv.Conn, dom libvirt.Domain, want bool, log *slog.Logger) func() 
 	if !want {
 		return func() {}
 	}
-	if _, err := c.L.DomainFsfreeze(dom, nil, 0); err != nil {
+	n, err := c.L.DomainFsfreeze(dom, nil, 0)
+	if err != nil {
 		log.Info("no guest agent answered; the backup is crash-consistent", "err", err)
 		return func() {}
 	}
+	log.Info("the guest agent froze the guest's file systems", "filesystems", n)
 	return func() {
 		if _, err := c.L.DomainFsthaw(dom, nil, 0); err != nil {
 			log.Error("thaw of the guest's file systems failed; thaw them with virsh domfsthaw", "err", err)

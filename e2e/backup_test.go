@@ -142,8 +142,8 @@ func TestBackupRestore(t *testing.T) {
 	}
 	const name = "vmwatch-e2e-backup"
 	vm, err := testvm.Start(context.Background(), testvm.Config{
-		Kernel: k, Name: name, Libvirt: true, Persistent: true,
-		Modules: append(append([]string{}, testvm.DefaultModules...), k.DiskModules()...),
+		Kernel: k, Name: name, Libvirt: true, Persistent: true, GuestAgent: true,
+		Modules: append(append([]string{}, testvm.DefaultModules...), k.AgentModules()...),
 		Disks:   []testvm.Disk{{Path: data}},
 	})
 	if err != nil {
@@ -179,6 +179,11 @@ func TestBackupRestore(t *testing.T) {
 	truth[p1.ID] = h1
 	if mode, _, read := p1.disk(t, "vda"); p1.Kind != "full" || mode != "full" || read < 24<<20 {
 		t.Errorf("first backup: kind %s, vda %s, read %d (want full, at least the 24 MiB written)", p1.Kind, mode, read)
+	}
+	// the guest agent froze the file systems for the point in time and
+	// thawed them (its own log)
+	if qga, err := vm.Run("cat /tmp/qga.log"); err != nil || !strings.Contains(qga, `"execute":"guest-fsfreeze-freeze"`) || !strings.Contains(qga, "re-enabled due to filesystem unfreeze") {
+		t.Errorf("the guest agent's log shows no freeze and thaw: %v: %s", err, qga)
 	}
 	if p1.Security != "clean" {
 		t.Errorf("first backup: security %q, want clean (the detectors ran on a clean guest)", p1.Security)

@@ -2,7 +2,7 @@
 # Installs what vmwatch's demo and tests need on Debian 12, with apt, when
 # it is missing. Run as root (or with sudo available).
 set -eu
-PKGS="qemu-system-x86 qemu-utils openssh-server busybox-static cpio xz-utils time gcc make libc6-dev libyara-dev pkg-config chromium libvirt-daemon-system libvirt-clients"
+PKGS="qemu-system-x86 qemu-utils qemu-guest-agent openssh-server busybox-static cpio xz-utils time gcc make libc6-dev libyara-dev pkg-config chromium libvirt-daemon-system libvirt-clients"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

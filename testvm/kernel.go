@@ -176,8 +176,18 @@ func versionLess(a, b string) bool {
 // see virtio disks: Debian's 6.1 builds virtio and virtio_pci as modules,
 // 6.12 builds them in (only the ones that exist as modules are listed).
 func (k *Kernel) DiskModules() []string {
+	return k.modulesOf("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "virtio_blk")
+}
+
+// AgentModules are the modules for a QEMU guest agent's virtio-serial port
+// (and virtio disks).
+func (k *Kernel) AgentModules() []string {
+	return k.modulesOf("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "virtio_blk", "virtio_console")
+}
+
+func (k *Kernel) modulesOf(names ...string) []string {
 	var out []string
-	for _, m := range []string{"virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "virtio_blk"} {
+	for _, m := range names {
 		if _, err := k.ModulePath(m); err == nil {
 			out = append(out, m)
 		}

@@ -35,6 +35,12 @@ func (vm *VM) DomainXML(initrd string) (string, error) {
 			},
 		},
 	}
+	if vm.GuestAgent {
+		dom.Devices.Channels = append(dom.Devices.Channels, libvirtxml.DomainChannel{
+			Source: &libvirtxml.DomainChardevSource{UNIX: &libvirtxml.DomainChardevSourceUNIX{Mode: "bind"}},
+			Target: &libvirtxml.DomainChannelTarget{VirtIO: &libvirtxml.DomainChannelTargetVirtIO{Name: "org.qemu.guest_agent.0"}},
+		})
+	}
 	for i, d := range vm.Disks {
 		f := d.Format
 		if f == "" {
@@ -149,4 +155,38 @@ func CreateImage(path string, mb int) error {
 		return fmt.Errorf("qemu-img create %s: %v: %s", path, err, out)
 	}
 	return os.Chmod(path, 0o666)
+}
+
+// agentInit starts the guest agent on the virtio-serial port libvirt names
+// org.qemu.guest_agent.0 (no udev: the port is found in sysfs).
+const agentInit = `for p in /sys/class/virtio-ports/*; do
+	[ "$(cat $p/name 2>/dev/null)" = org.qemu.guest_agent.0 ] && /usr/sbin/qemu-ga -v -d -m virtio-serial -p /dev/${p##*/} -l /tmp/qga.log -f /tmp/qga.pid -t /tmp
+done
+`
+
+// agentFiles are qemu-ga and the libraries it links (ldd), for the
+// initramfs.
+func agentFiles() (map[string][]byte, error) {
+	const bin = "/usr/sbin/qemu-ga"
+	out, err := exec.Command("ldd", bin).Output()
+	if err != nil {
+		return nil, fmt.Errorf("ldd %s: %v (apt-get install qemu-guest-agent)", bin, err)
+	}
+	files := map[string][]byte{}
+	paths := []string{bin}
+	for _, line := range strings.Split(string(out), "\n") {
+		for _, f := range strings.Fields(line) {
+			if strings.HasPrefix(f, "/") {
+				paths = append(paths, f)
+			}
+		}
+	}
+	for _, p := range paths {
+		b, err := os.ReadFile(p) // follows symlinks: the file under the link's name
+		if err != nil {
+			return nil, err
+		}
+		files[p] = b
+	}
+	return files, nil
 }

@@ -52,6 +52,10 @@ type Config struct {
 	// Disks are attached as virtio disks vda, vdb, ... (libvirt guests
 	// only); the guest needs the virtio_blk module in Modules.
 	Disks []Disk
+	// GuestAgent runs the host's QEMU guest agent (Debian's qemu-ga, with
+	// its libraries) in the guest on a virtio-serial channel (libvirt
+	// guests; the guest needs AgentModules). It logs to /tmp/qga.log.
+	GuestAgent bool
 	// Persistent defines the libvirt domain (virsh define + start) instead
 	// of creating a transient one, so that it keeps its checkpoints across
 	// restarts; Stop undefines it.
@@ -161,6 +165,22 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	vm.SerialPath = filepath.Join(vm.Dir, "shell.sock")
 	vm.ConsoleLog = filepath.Join(vm.Dir, "console.log")
 	initrd := filepath.Join(vm.Dir, "initrd.cpio")
+	if cfg.GuestAgent {
+		files, err := agentFiles()
+		if err != nil {
+			return nil, err
+		}
+		all := map[string][]byte{}
+		for k, v := range cfg.Files {
+			all[k] = v
+		}
+		for k, v := range files {
+			all[k] = v
+		}
+		cfg.Files = all
+		cfg.InitExtra = agentInit + cfg.InitExtra
+		vm.Files, vm.InitExtra = cfg.Files, cfg.InitExtra
+	}
 	err := BuildInitramfs(initrd, InitramfsSpec{
 		Kernel: cfg.Kernel, Modules: cfg.Modules, Files: cfg.Files,
 		Init: fmt.Sprintf(initScript, cfg.InitExtra),

@@ -33,6 +33,7 @@ func main() {
 	cpu := fs.String("cpu", "", "QEMU CPU model (\"max\" offers 5-level paging)")
 	lvirt := fs.Bool("libvirt", false, "run the guest as a persistent libvirt domain named --name (qemu:///system)")
 	disk := fs.Int("disk", 0, "with --libvirt: a qcow2 data disk of this many MiB (vda in the guest)")
+	agent := fs.Bool("agent", false, "with --libvirt: run the host's QEMU guest agent (qemu-ga) in the guest")
 	fs.Parse(os.Args[2:])
 	switch os.Args[1] {
 	case "start":
@@ -44,12 +45,17 @@ func main() {
 		}
 		if *lvirt {
 			check(testvm.EnsureLibvirtd())
-			cfg.Libvirt, cfg.Persistent, cfg.MemFile = true, true, ""
+			cfg.Libvirt, cfg.Persistent, cfg.MemFile, cfg.GuestAgent = true, true, "", *agent
+			if *agent {
+				cfg.Modules = append(append([]string{}, testvm.DefaultModules...), k.AgentModules()...)
+			}
 			if *disk > 0 {
 				img := filepath.Join(*dir, "data.qcow2")
 				check(testvm.CreateImage(img, *disk))
 				cfg.Disks = []testvm.Disk{{Path: img}}
-				cfg.Modules = append(append([]string{}, testvm.DefaultModules...), k.DiskModules()...)
+				if !*agent {
+					cfg.Modules = append(append([]string{}, testvm.DefaultModules...), k.DiskModules()...)
+				}
 			}
 		}
 		vm, err := testvm.Start(context.Background(), cfg)
