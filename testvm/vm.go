@@ -92,6 +92,10 @@ var DefaultModules = []string{"dummy", "loop"}
 // known workload (TCP listeners, a UDP socket, an established TCP
 // connection, sleepers), then keep a shell on ttyS0 for the tests. The
 // kernel console is ttyS1 (a log file) so it never mixes with the shell.
+// shellMarker goes to the console once the guest's shell reads its tty
+// (initScript prints it).
+const shellMarker = "vmwatch-guest shell up"
+
 const initScript = `#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -121,11 +125,15 @@ sleep 1000001 &
 sleep 1000002 &
 %s
 # the test shell: ignore modem lines so a host disconnect does not hang up the tty
-stty -F /dev/ttyS0 clocal -hupcl -echo
+stty -F /dev/ttyS0 clocal -hupcl -echo -isig
 echo "vmwatch-guest ready" > /dev/console
 while true; do
-	# a pipe, not the tty, as stdin: the shell is not interactive (no prompt, no echo)
-	setsid sh -c 'cat /dev/ttyS0 | sh >/dev/ttyS0 2>&1'
+	# a pipe, not the tty, as stdin: the shell is not interactive (no prompt,
+	# no echo). The tty is open before the marker goes out: the host sends
+	# nothing before it, since bytes that reach the UART before the port is
+	# opened are cut when the driver clears the FIFO, and half a line (a
+	# stray quote) would leave the shell misparsing every later command.
+	setsid sh -c 'exec </dev/ttyS0; echo "vmwatch-guest shell up" > /dev/console; cat | sh >/dev/ttyS0 2>&1'
 done
 `
 
@@ -264,6 +272,13 @@ func (vm *VM) boot(ctx context.Context, accel, initrd string) error {
 // timeout passes, or exited (when not nil) closes because QEMU stopped.
 func (vm *VM) waitShell(ctx context.Context, what string, exited <-chan struct{}) error {
 	deadline := time.Now().Add(vm.BootTimeout)
+	// the console of a libvirt guest is appended to across boots: only what
+	// this boot writes counts
+	var from int64
+	if fi, err := os.Stat(vm.ConsoleLog); err == nil {
+		from = fi.Size()
+	}
+	up := false
 	for {
 		if time.Now().After(deadline) {
 			extra := ""
@@ -284,6 +299,13 @@ func (vm *VM) waitShell(ctx context.Context, what string, exited <-chan struct{}
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(200 * time.Millisecond):
+		}
+		if !up {
+			if b, err := os.ReadFile(vm.ConsoleLog); err == nil && int64(len(b)) >= from && strings.Contains(string(b[from:]), shellMarker) {
+				up = true
+			} else {
+				continue
+			}
 		}
 		if vm.shell == nil {
 			sh, err := DialShell(vm.SerialPath)
