@@ -16,6 +16,7 @@ var ecsKind = map[string][3]string{ // event.kind, event.category, event.type
 	KindAction:        {"event", "host", "change"},
 	KindEvidence:      {"event", "file", "creation"},
 	KindDaemon:        {"event", "host", "info"},
+	KindBackup:        {"event", "file", "creation"},
 }
 
 var severityNumber = map[string]int{"info": 1, "low": 2, "medium": 3, "high": 4, "critical": 5, "green": 1, "warning": 3}

@@ -45,6 +45,7 @@ const (
 	KindAction        = "action"
 	KindEvidence      = "evidence"
 	KindDaemon        = "daemon"
+	KindBackup        = "backup" // backups, prunes and their failures (vmwatch serve's schedules)
 )
 
 // genesis is the previous hash of the first record ever written.

@@ -18,9 +18,6 @@ import (
 	"github.com/vmwatch/vmwatch/journal"
 )
 
-// KindBackup is the journal kind of backup and prune records.
-const KindBackup = "backup"
-
 // BackupConf schedules backups of libvirt domains into one repository.
 type BackupConf struct {
 	// Repo is a directory, s3://BUCKET/PREFIX or sftp://USER@HOST/PATH.
@@ -167,7 +164,7 @@ func (d *Daemon) runSchedule(ctx context.Context, s *BackupSchedule) {
 		}
 		data, _ := json.Marshal(map[string]any{"point": p.ID, "kind": p.Kind, "read": p.Read, "added": p.Added, "size": p.Size,
 			"duration_ms": p.Duration.Milliseconds(), "security": p.Security, "repo": d.cfg.Backup.Repo})
-		d.record(ctx, journal.Record{Kind: KindBackup, VM: name, Severity: "info", Subject: "backup",
+		d.record(ctx, journal.Record{Kind: journal.KindBackup, VM: name, Severity: "info", Subject: "backup",
 			Message: fmt.Sprintf("%s backup of %s: restore point %s, read %d of %d bytes", p.Kind, name, p.ID, p.Read, p.Size), Data: data})
 		k := backup.Keep{Last: s.Keep.Last, Daily: s.Keep.Daily, Weekly: s.Keep.Weekly, Monthly: s.Keep.Monthly}
 		if k == (backup.Keep{}) {
@@ -195,14 +192,14 @@ func (d *Daemon) runSchedule(ctx context.Context, s *BackupSchedule) {
 			d.log.Warn("backup repository garbage collection", "err", err)
 		}
 		data, _ = json.Marshal(map[string]any{"removed": remove})
-		d.record(ctx, journal.Record{Kind: KindBackup, VM: name, Severity: "info", Subject: "prune",
+		d.record(ctx, journal.Record{Kind: journal.KindBackup, VM: name, Severity: "info", Subject: "prune",
 			Message: fmt.Sprintf("pruned %d restore points of %s", len(remove), name), Data: data})
 	}
 }
 
 func (d *Daemon) backupFailed(ctx context.Context, domain string, err error) {
 	d.log.Error("scheduled backup failed", "domain", domain, "err", err)
-	d.record(ctx, journal.Record{Kind: KindBackup, VM: domain, Severity: "high", Subject: "backup failed", Message: err.Error()})
+	d.record(ctx, journal.Record{Kind: journal.KindBackup, VM: domain, Severity: "high", Subject: "backup failed", Message: err.Error()})
 }
 
 // securityOf is a domain's security state for a restore point: the
