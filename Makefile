@@ -3,7 +3,7 @@
 GO       ?= go
 BIN      := bin
 DEMO_DIR ?= /run/vmwatch/demo
-FUZZTIME ?= 10s
+FUZZTIME ?= 300000x
 
 # fuzz targets: package:FuzzName
 FUZZ := ./guestmem:FuzzParseDump ./linux:FuzzParseKallsyms ./linux:FuzzFindBTF ./linux:FuzzBTFScan ./x86:FuzzTranslate ./guestmem:FuzzParseMtree ./linux:FuzzRingText ./detect:FuzzDiffRegion ./backup:FuzzParsePoint
@@ -34,7 +34,7 @@ unit:
 fuzz:
 	@for t in $(FUZZ); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \
-		echo "fuzz $$name ($$pkg) for $(FUZZTIME)"; \
+		echo "fuzz $$name ($$pkg): $(FUZZTIME)"; \
 		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s $$pkg || exit 1; \
 	done
 
