@@ -4,12 +4,16 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/johannesboyne/gofakes3"
+	"github.com/johannesboyne/gofakes3/backend/s3mem"
 )
 
 // TestOpenErrors: a missing repository and a wrong password say so, and
@@ -126,5 +130,52 @@ Subsystem sftp internal-sftp
 	entries, _ := os.ReadDir(remote)
 	if len(entries) == 0 {
 		t.Error("nothing was written on the SFTP server")
+	}
+}
+
+// TestS3Repository: a repository on S3-compatible storage (gofakes3, an
+// in-process S3 implementation: there is no S3 service on this machine)
+// stores and restores an image, reached through vmwatch's s3:// location
+// and environment variables.
+func TestS3Repository(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	backend := s3mem.New()
+	if err := backend.CreateBucket("vmwatch-backups"); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(gofakes3.New(backend).Server())
+	defer srv.Close()
+	t.Setenv("AWS_ACCESS_KEY_ID", "test")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+	t.Setenv("S3_ENDPOINT", strings.TrimPrefix(srv.URL, "http://"))
+	t.Setenv("S3_INSECURE", "1")
+	t.Setenv("S3_REGION", "us-east-1")
+
+	disk := filepath.Join(dir, "disk.qcow2")
+	qemuImg(t, "create", "-f", "qcow2", disk, "9M")
+	qemuIO(t, disk, "write -P 0x71 0 1M", "write -P 0x72 5M 64k")
+	want := rawSHA(t, disk)
+	r, err := Open(ctx, Options{Location: "s3://vmwatch-backups/host1", Password: "pw", Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close(ctx)
+	p := storeImage(t, r, disk, "s3")
+	out := filepath.Join(dir, "restored.raw")
+	if err := r.RestoreDisk(ctx, p, "vda", out, "raw", false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := fileSHA(t, out); got != want {
+		t.Errorf("restored from S3: %s, qemu-img reads %s", got, want)
+	}
+	objs, err := backend.ListBucket("vmwatch-backups", &gofakes3.Prefix{}, gofakes3.ListBucketPage{})
+	if err != nil || len(objs.Contents) == 0 {
+		t.Fatalf("nothing in the bucket: %v", err)
+	}
+	for _, o := range objs.Contents {
+		if !strings.HasPrefix(o.Key, "host1/") {
+			t.Errorf("object %s is outside the prefix host1/", o.Key)
+		}
 	}
 }
