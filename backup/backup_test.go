@@ -73,23 +73,9 @@ func TestIngestRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p1 := &Point{Domain: "unit", Time: time.Now().Add(-time.Hour)}
-	var d1 *Disk
-	err = repo.WriteSession(ctx, r.rep, repo.WriteSessionOptions{Purpose: "test"}, func(ctx context.Context, w repo.RepositoryWriter) error {
-		d, err := ingest(ctx, r, w, img, img.Size(), nil, nil, nil)
-		if err != nil {
-			return err
-		}
-		d.Target = "vda"
-		d1 = d
-		p1.Disks = []Disk{*d}
-		return savePoint(ctx, w, p1, "<domain/>")
-	})
+	d1 := storeSource(t, r, img, img.Size(), nil, "unit", time.Now().Add(-time.Hour))
 	img.Close()
 	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
 	if want := int64(5<<20 + 64<<10 + 1<<20); d1.Read != want {
 		t.Errorf("full: read %d bytes, want %d (the clusters that are not zero)", d1.Read, want)
 	}
@@ -103,23 +89,9 @@ func TestIngestRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p2 := &Point{Domain: "unit", Time: time.Now()}
-	var d2 *Disk
-	err = repo.WriteSession(ctx, r.rep, repo.WriteSessionOptions{Purpose: "test"}, func(ctx context.Context, w repo.RepositoryWriter) error {
-		d, err := ingest(ctx, r, w, img, d1.Size, d1, nil, nil)
-		if err != nil {
-			return err
-		}
-		d.Target = "vda"
-		d2 = d
-		p2.Disks = []Disk{*d}
-		return savePoint(ctx, w, p2, "<domain/>")
-	})
+	d2 := storeSource(t, r, img, d1.Size, d1, "unit", time.Now())
 	img.Close()
 	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
 	if want := int64(128<<10 + 64<<10); d2.Read != want {
 		t.Errorf("incremental: read %d bytes, want %d (the allocated data clusters)", d2.Read, want)
 	}
@@ -205,27 +177,51 @@ func storeImage(t *testing.T, r *Repo, disk, domain string) *Point {
 
 func storeImageAt(t *testing.T, r *Repo, disk, domain string, at time.Time) *Point {
 	t.Helper()
-	ctx := context.Background()
 	img, f, err := openDisk(disk)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
 	defer img.Close()
+	storeSource(t, r, img, img.Size(), nil, domain, at)
+	pts, err := r.Points(context.Background(), domain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pts {
+		if p.Time.Equal(at.UTC()) {
+			full, err := r.Load(context.Background(), p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return full
+		}
+	}
+	t.Fatalf("the point stored at %v is not listed", at)
+	return nil
+}
+
+// storeSource stores an image (full, or incremental over base) as a
+// restore point of domain with disk vda, and returns the disk.
+func storeSource(t *testing.T, r *Repo, src source, size int64, base *Disk, domain string, at time.Time) *Disk {
+	t.Helper()
+	ctx := context.Background()
 	p := &Point{Domain: domain, Time: at}
-	err = repo.WriteSession(ctx, r.rep, repo.WriteSessionOptions{Purpose: "test"}, func(ctx context.Context, w repo.RepositoryWriter) error {
-		d, err := ingest(ctx, r, w, img, img.Size(), nil, nil, nil)
+	var out *Disk
+	err := repo.WriteSession(ctx, r.rep, repo.WriteSessionOptions{Purpose: "test"}, func(ctx context.Context, w repo.RepositoryWriter) error {
+		d, err := ingest(ctx, r, w, src, size, base, nil, nil)
 		if err != nil {
 			return err
 		}
 		d.Target = "vda"
+		out = d
 		p.Disks = []Disk{*d}
 		return savePoint(ctx, w, p, "<domain/>")
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return p
+	return out
 }
 
 // TestPruneRepository: restore points with synthetic timestamps (the ones

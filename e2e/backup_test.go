@@ -93,6 +93,40 @@ func imageSHA(t *testing.T, image string) string {
 	return sha256File(t, raw)
 }
 
+// diskGuest boots a libvirt guest with a new qcow2 data disk of sizeMB
+// (vda in the guest) in a new directory that QEMU can reach; edit adjusts
+// the configuration.
+func diskGuest(t *testing.T, name, series string, sizeMB int, edit func(*testvm.Config)) (vm *testvm.VM, dir, data string) {
+	t.Helper()
+	if err := testvm.EnsureLibvirtd(); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", name+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o777) // QEMU runs as libvirt's user
+	data = filepath.Join(dir, "data.qcow2")
+	if err := testvm.CreateImage(data, sizeMB); err != nil {
+		t.Fatal(err)
+	}
+	k, err := testvm.FetchKernel(series)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testvm.Config{Kernel: k, Name: name, Libvirt: true, Disks: []testvm.Disk{{Path: data}},
+		Modules: append(append([]string{}, testvm.DefaultModules...), k.DiskModules()...)}
+	if edit != nil {
+		edit(&cfg)
+	}
+	if vm, err = testvm.Start(context.Background(), cfg); err != nil {
+		os.RemoveAll(dir)
+		t.Fatal(err)
+	}
+	needBlock(t, vm, "/dev/vda")
+	return vm, dir, data
+}
+
 // needBlock fails the test unless the guest sees dev as a block device
 // (dd would otherwise write a file on /dev's tmpfs).
 func needBlock(t *testing.T, vm *testvm.VM, dev string) {
@@ -122,35 +156,13 @@ func guestWrite(t *testing.T, vm *testvm.VM, dd string) {
 // corrupted block; restore --before-compromise skips the points taken while
 // a reverse shell ran; restore onto the domain and as a new domain.
 func TestBackupRestore(t *testing.T) {
-	if err := testvm.EnsureLibvirtd(); err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "vmwatch-e2e-backup-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	os.Chmod(dir, 0o777) // QEMU runs as libvirt's user
-	data := filepath.Join(dir, "data.qcow2")
-	if out, err := exec.Command("qemu-img", "create", "-f", "qcow2", data, "64M").CombinedOutput(); err != nil {
-		t.Fatalf("qemu-img create: %v: %s", err, out)
-	}
-	os.Chmod(data, 0o666)
-	k, err := testvm.FetchKernel("6.12")
-	if err != nil {
-		t.Fatal(err)
-	}
 	const name = "vmwatch-e2e-backup"
-	vm, err := testvm.Start(context.Background(), testvm.Config{
-		Kernel: k, Name: name, Libvirt: true, Persistent: true, GuestAgent: true,
-		Modules: append(append([]string{}, testvm.DefaultModules...), k.AgentModules()...),
-		Disks:   []testvm.Disk{{Path: data}},
+	vm, dir, data := diskGuest(t, name, "6.12", 64, func(c *testvm.Config) {
+		c.Persistent, c.GuestAgent = true, true
+		c.Modules = append(append([]string{}, testvm.DefaultModules...), c.Kernel.AgentModules()...)
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	defer os.RemoveAll(dir)
 	defer vm.Stop()
-	needBlock(t, vm, "/dev/vda")
 	repoDir := filepath.Join(dir, "repo")
 	scratch := filepath.Join(dir, "scratch")
 	backupArgs := []string{"backup", "-t", "libvirt:" + name, "--repo", repoDir, "--scratch", scratch}
@@ -516,35 +528,10 @@ func largestPack(t *testing.T, repoDir string) string {
 // schedule, records its open findings with each restore point, prunes to
 // the schedule's keep-last, and journals each backup.
 func TestServeBackupSchedule(t *testing.T) {
-	if err := testvm.EnsureLibvirtd(); err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "vmwatch-e2e-sched-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	os.Chmod(dir, 0o777)
-	data := filepath.Join(dir, "data.qcow2")
-	if out, err := exec.Command("qemu-img", "create", "-f", "qcow2", data, "32M").CombinedOutput(); err != nil {
-		t.Fatalf("qemu-img create: %v: %s", err, out)
-	}
-	os.Chmod(data, 0o666)
-	k, err := testvm.FetchKernel("6.1")
-	if err != nil {
-		t.Fatal(err)
-	}
 	const name = "vmwatch-e2e-sched"
-	vm, err := testvm.Start(context.Background(), testvm.Config{
-		Kernel: k, Name: name, Libvirt: true,
-		Modules: append(append([]string{}, testvm.DefaultModules...), k.DiskModules()...),
-		Disks:   []testvm.Disk{{Path: data}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	vm, dir, _ := diskGuest(t, name, "6.1", 32, nil)
+	defer os.RemoveAll(dir)
 	defer vm.Stop()
-	needBlock(t, vm, "/dev/vda")
 	guestWrite(t, vm, "dd if=/dev/urandom of=/dev/vda bs=1M count=4")
 	repoDir := filepath.Join(dir, "repo")
 	d := startDaemon(t, fmt.Sprintf(`
