@@ -7,11 +7,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -577,6 +579,19 @@ backup:
 			t.Errorf("scheduled restore point %s: kind %s, security %q (want incremental after the first, clean from the daemon's checks)", p.ID, p.Kind, p.Security)
 		}
 	}
+	// Prometheus: the last scheduled backup's time, and no failures
+	resp, err := http.Get(d.url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	m := regexp.MustCompile(`vmwatch_backup_last_success_timestamp_seconds\{domain="` + name + `"\} ([0-9.e+]+)`).FindSubmatch(body)
+	if m == nil || !strings.Contains(string(body), `vmwatch_backup_failures_total{domain="`+name+`"} 0`) {
+		t.Errorf("/metrics has no backup series for %s:\n%s", name, grepLines(string(body), "vmwatch_backup"))
+	} else if ts, _ := strconv.ParseFloat(string(m[1]), 64); time.Since(time.Unix(int64(ts), 0)) > time.Minute {
+		t.Errorf("last scheduled backup at %v, over a minute ago", time.Unix(int64(ts), 0))
+	}
 	h := guestSHA(t, vm, "/dev/vda")
 	time.Sleep(5 * time.Second) // one more backup after the last write
 	vmwatchJSON(t, &pts, "backups", "--repo", repoDir, "--domain", name)
@@ -585,4 +600,15 @@ backup:
 	if got := sha256File(t, out); got != h {
 		t.Errorf("the newest scheduled restore point restores to %s, the guest reads %s", got, h)
 	}
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

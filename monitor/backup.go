@@ -90,6 +90,40 @@ func (b *BackupConf) validate() error {
 	return errors.Join(errs...)
 }
 
+// BackupStatus is the outcome of a domain's scheduled backups.
+type BackupStatus struct {
+	LastSuccess  time.Time     `json:"last_success"`
+	LastPoint    string        `json:"last_point"`
+	LastDuration time.Duration `json:"last_duration_ns"`
+	LastRead     int64         `json:"last_read"`
+	LastAdded    int64         `json:"last_added"`
+	Failures     int64         `json:"failures"`
+	LastError    string        `json:"last_error,omitempty"`
+}
+
+// BackupStatuses returns the status of every domain a schedule has tried
+// to back up since the daemon started.
+func (d *Daemon) BackupStatuses() map[string]BackupStatus {
+	d.bmu.Lock()
+	defer d.bmu.Unlock()
+	out := make(map[string]BackupStatus, len(d.bstatus))
+	for k, v := range d.bstatus {
+		out[k] = v
+	}
+	return out
+}
+
+func (d *Daemon) setBackupStatus(domain string, f func(*BackupStatus)) {
+	d.bmu.Lock()
+	defer d.bmu.Unlock()
+	if d.bstatus == nil {
+		d.bstatus = map[string]BackupStatus{}
+	}
+	st := d.bstatus[domain]
+	f(&st)
+	d.bstatus[domain] = st
+}
+
 // backups runs the backup schedules until ctx ends.
 func (d *Daemon) backups(ctx context.Context) {
 	sch := d.cfg.Backup.Schedules
@@ -162,6 +196,9 @@ func (d *Daemon) runSchedule(ctx context.Context, s *BackupSchedule) {
 			d.backupFailed(ctx, name, err)
 			continue
 		}
+		d.setBackupStatus(name, func(st *BackupStatus) {
+			st.LastSuccess, st.LastPoint, st.LastDuration, st.LastRead, st.LastAdded = p.Time.Add(p.Duration), p.ID, p.Duration, p.Read, p.Added
+		})
 		data, _ := json.Marshal(map[string]any{"point": p.ID, "kind": p.Kind, "read": p.Read, "added": p.Added, "size": p.Size,
 			"duration_ms": p.Duration.Milliseconds(), "security": p.Security, "repo": d.cfg.Backup.Repo})
 		d.record(ctx, journal.Record{Kind: journal.KindBackup, VM: name, Severity: "info", Subject: "backup",
@@ -199,6 +236,9 @@ func (d *Daemon) runSchedule(ctx context.Context, s *BackupSchedule) {
 
 func (d *Daemon) backupFailed(ctx context.Context, domain string, err error) {
 	d.log.Error("scheduled backup failed", "domain", domain, "err", err)
+	if domain != "" {
+		d.setBackupStatus(domain, func(st *BackupStatus) { st.Failures++; st.LastError = err.Error() })
+	}
 	d.record(ctx, journal.Record{Kind: journal.KindBackup, VM: domain, Severity: "high", Subject: "backup failed", Message: err.Error()})
 }
 

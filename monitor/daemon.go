@@ -36,6 +36,9 @@ type Daemon struct {
 	// checks bounds how many VMs run their detectors at once: they are
 	// CPU-bound, and each holds a copy of its kernel's text while it runs
 	checks chan struct{}
+
+	bmu     sync.Mutex
+	bstatus map[string]BackupStatus // scheduled backups by domain
 }
 
 // New prepares a daemon: it opens the journal and loads the rules.

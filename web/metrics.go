@@ -58,11 +58,26 @@ var (
 	findingsDesc = prometheus.NewDesc("vmwatch_findings_open", "Open findings by severity.", []string{"domain", "severity"}, nil)
 	alarmDesc    = prometheus.NewDesc("vmwatch_alarm_level", "Alarm level: 0 green, 1 warning, 2 critical.", []string{"domain", "alarm"}, nil)
 	cycleDesc    = prometheus.NewDesc("vmwatch_cycle_seconds", "Duration of the VM's last monitoring cycle.", []string{"domain"}, nil)
+
+	backupLastDesc     = prometheus.NewDesc("vmwatch_backup_last_success_timestamp_seconds", "When the domain's last scheduled backup ended (Unix time).", []string{"domain"}, nil)
+	backupDurationDesc = prometheus.NewDesc("vmwatch_backup_last_duration_seconds", "Duration of the domain's last scheduled backup.", []string{"domain"}, nil)
+	backupReadDesc     = prometheus.NewDesc("vmwatch_backup_last_read_bytes", "Bytes the last scheduled backup read from the domain's disks.", []string{"domain"}, nil)
+	backupAddedDesc    = prometheus.NewDesc("vmwatch_backup_last_added_bytes", "Bytes the last scheduled backup added to the repository.", []string{"domain"}, nil)
+	backupFailDesc     = prometheus.NewDesc("vmwatch_backup_failures_total", "Scheduled backups of the domain that failed since the daemon started.", []string{"domain"}, nil)
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
+	for name, st := range c.d.BackupStatuses() {
+		if !st.LastSuccess.IsZero() {
+			ch <- prometheus.MustNewConstMetric(backupLastDesc, prometheus.GaugeValue, float64(st.LastSuccess.UnixMilli())/1000, name)
+			ch <- prometheus.MustNewConstMetric(backupDurationDesc, prometheus.GaugeValue, st.LastDuration.Seconds(), name)
+			ch <- prometheus.MustNewConstMetric(backupReadDesc, prometheus.GaugeValue, float64(st.LastRead), name)
+			ch <- prometheus.MustNewConstMetric(backupAddedDesc, prometheus.GaugeValue, float64(st.LastAdded), name)
+		}
+		ch <- prometheus.MustNewConstMetric(backupFailDesc, prometheus.CounterValue, float64(st.Failures), name)
+	}
 	for _, vm := range c.d.VMs() {
 		in := vm.Info()
 		up := 0.0
