@@ -142,6 +142,10 @@ and the open findings are kept with the restore point (see restore
 				return err
 			}
 			ctx := cmd.Context()
+			state, err := domainState(domain)
+			if err != nil { // before a repository is created for nothing
+				return err
+			}
 			r, err := rf.open(ctx, true)
 			if err != nil {
 				return err
@@ -153,7 +157,7 @@ and the open findings are kept with the restore point (see restore
 					return fmt.Errorf("--rate-limit: %w", err)
 				}
 			}
-			if !noCheck && domainRunning(domain) {
+			if !noCheck && state == 1 { // running
 				opt.Security, opt.Findings = securityState(ctx, g, domain)
 			}
 			var done func()
@@ -202,18 +206,20 @@ func orDash(s string) string {
 	return s
 }
 
-func domainRunning(name string) bool {
+// domainState is the libvirt state of a domain (1 running, 3 paused, 5
+// shut off).
+func domainState(name string) (int32, error) {
 	c, err := lv.Dial("qemu:///system")
 	if err != nil {
-		return false
+		return 0, err
 	}
 	defer c.Close()
 	dom, err := c.L.DomainLookupByName(name)
 	if err != nil {
-		return false
+		return 0, fmt.Errorf("domain %s: %w (virsh list --all shows the domains)", name, err)
 	}
 	st, _, err := c.L.DomainGetState(dom, 0)
-	return err == nil && st == 1
+	return st, err
 }
 
 func newBackupsCmd(g *globalFlags) *cobra.Command {
