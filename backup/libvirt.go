@@ -556,6 +556,21 @@ func endStaleJob(ctx context.Context, c *lv.Conn, dom libvirt.Domain, dir string
 	return errors.New("the earlier backup job does not end; abort it with virsh domjobabort")
 }
 
+// ownCheckpoints lists the checkpoints of a domain that vmwatch made.
+func ownCheckpoints(c *lv.Conn, dom libvirt.Domain) ([]libvirt.DomainCheckpoint, error) {
+	cps, _, err := c.L.DomainListAllCheckpoints(dom, -1, 0)
+	if err != nil {
+		return nil, err
+	}
+	var out []libvirt.DomainCheckpoint
+	for _, cp := range cps {
+		if strings.HasPrefix(cp.Name, CheckpointPrefix) {
+			out = append(out, cp)
+		}
+	}
+	return out, nil
+}
+
 // pruneCheckpoints deletes vmwatch's older checkpoints of the domain: the
 // next incremental backup needs only the newest.
 func pruneCheckpoints(c *lv.Conn, dom libvirt.Domain, disks []*diskInfo, log *slog.Logger) {
@@ -563,21 +578,38 @@ func pruneCheckpoints(c *lv.Conn, dom libvirt.Domain, disks []*diskInfo, log *sl
 	for _, d := range disks {
 		keep[d.checkpoint] = true
 	}
-	cps, _, err := c.L.DomainListAllCheckpoints(dom, -1, 0)
+	cps, err := ownCheckpoints(c, dom)
 	if err != nil {
 		log.Warn("cannot list checkpoints", "err", err)
 		return
 	}
 	for _, cp := range cps {
-		if strings.HasPrefix(cp.Name, CheckpointPrefix) && !keep[cp.Name] {
-			if err := c.L.DomainCheckpointDelete(cp, 0); err != nil {
-				// its bitmap is gone (QEMU crashed): drop libvirt's record
-				if err2 := c.L.DomainCheckpointDelete(cp, libvirt.DomainCheckpointDeleteMetadataOnly); err2 != nil {
-					log.Warn("cannot delete an old checkpoint", "checkpoint", cp.Name, "err", err, "metadata_only", err2)
-				} else {
-					log.Info("deleted the record of a checkpoint whose bitmap is gone", "checkpoint", cp.Name, "err", err)
-				}
+		if keep[cp.Name] {
+			continue
+		}
+		if err := c.L.DomainCheckpointDelete(cp, 0); err != nil {
+			// its bitmap is gone (QEMU crashed): drop libvirt's record
+			if err2 := c.L.DomainCheckpointDelete(cp, libvirt.DomainCheckpointDeleteMetadataOnly); err2 != nil {
+				log.Warn("cannot delete an old checkpoint", "checkpoint", cp.Name, "err", err, "metadata_only", err2)
+			} else {
+				log.Info("deleted the record of a checkpoint whose bitmap is gone", "checkpoint", cp.Name, "err", err)
 			}
 		}
 	}
+}
+
+// ForgetCheckpoints drops libvirt's records of vmwatch's checkpoints of a
+// domain whose images were replaced (a restore: they have no bitmaps any
+// more), so that its next backup is a full one.
+func ForgetCheckpoints(c *lv.Conn, dom libvirt.Domain) error {
+	cps, err := ownCheckpoints(c, dom)
+	if err != nil {
+		return err
+	}
+	for _, cp := range cps {
+		if err := c.L.DomainCheckpointDelete(cp, libvirt.DomainCheckpointDeleteMetadataOnly); err != nil {
+			return fmt.Errorf("checkpoint %s: %w", cp.Name, err)
+		}
+	}
+	return nil
 }

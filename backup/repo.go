@@ -45,8 +45,10 @@ type Options struct {
 	// SFTP_KEY_FILE (a private key; default ~/.ssh/id_ed25519, id_ecdsa or
 	// id_rsa) and SFTP_KNOWN_HOSTS (default ~/.ssh/known_hosts).
 	Location string
-	// Password; "" uses DefaultPassword.
-	Password string
+	// Password, or else the first line of PasswordFile, or else
+	// $VMWATCH_REPO_PASSWORD; with none of them DefaultPassword.
+	Password     string
+	PasswordFile string
 	// Create initialises the repository when it does not exist yet.
 	Create bool
 }
@@ -147,6 +149,20 @@ func Open(ctx context.Context, opt Options) (*Repo, error) {
 		return nil, errors.New("no repository: give --repo DIR (or s3://BUCKET/PREFIX, sftp://USER@HOST/PATH)")
 	}
 	pw := opt.Password
+	switch {
+	case pw != "":
+	case opt.PasswordFile != "":
+		b, err := os.ReadFile(opt.PasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("repository password: %w", err)
+		}
+		if pw = strings.TrimRight(string(b), "\r\n"); pw == "" {
+			return nil, fmt.Errorf("repository password file %s is empty", opt.PasswordFile)
+		}
+	default:
+		pw = os.Getenv("VMWATCH_REPO_PASSWORD")
+	}
+	encrypted := pw != ""
 	if pw == "" {
 		pw = DefaultPassword
 	}
@@ -169,7 +185,7 @@ func Open(ctx context.Context, opt Options) (*Repo, error) {
 	_, err = st.GetMetadata(ctx, format.KopiaRepositoryBlobID)
 	switch {
 	case errors.Is(err, blob.ErrBlobNotFound) && opt.Create:
-		slog.Info("creating backup repository", "repo", opt.Location, "encrypted", opt.Password != "")
+		slog.Info("creating backup repository", "repo", opt.Location, "own_password", encrypted)
 		nro := &repo.NewRepositoryOptions{ObjectFormat: format.ObjectFormat{Splitter: "FIXED-4M"}, BlockFormat: format.ContentFormat{Hash: "BLAKE3-256-128"}}
 		if err := repo.Initialize(ctx, st, nro, pw); err != nil {
 			return fail(fmt.Errorf("repository %s: create: %w", opt.Location, err))

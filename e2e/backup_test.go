@@ -185,6 +185,16 @@ func TestBackupRestore(t *testing.T) {
 		return sha256File(t, out)
 	}
 	truth := map[string]string{} // restore point -> vda's checksum then
+	// changeAndBackup has the guest write count 64 KiB blocks of random data
+	// at block seek of vda, backs up, and records what the guest read then
+	changeAndBackup := func(count, seek int) (bkPoint, string) {
+		t.Helper()
+		guestWrite(t, vm, fmt.Sprintf("dd if=/dev/urandom of=/dev/vda bs=64k count=%d seek=%d", count, seek))
+		h := guestSHA(t, vm, "/dev/vda")
+		p := backupJSON()
+		truth[p.ID] = h
+		return p, h
+	}
 
 	// full, then incremental
 	guestWrite(t, vm, "dd if=/dev/urandom of=/dev/vda bs=1M count=24")
@@ -230,10 +240,7 @@ func TestBackupRestore(t *testing.T) {
 	// a broken chain gives a full backup of the disk, and a correct one
 	broken := func(what, wantReason string, disk string) bkPoint {
 		t.Helper()
-		guestWrite(t, vm, fmt.Sprintf("dd if=/dev/urandom of=/dev/vda bs=64k count=2 seek=%d", 200+len(truth)*3))
-		h := guestSHA(t, vm, "/dev/vda")
-		p := backupJSON()
-		truth[p.ID] = h
+		p, h := changeAndBackup(2, 200+len(truth)*3)
 		mode, reason, _ := p.disk(t, disk)
 		if mode != "full" || !strings.Contains(reason, wantReason) {
 			t.Errorf("%s: %s backup of %s (%q), want full because %q", what, mode, disk, reason, wantReason)
@@ -253,10 +260,7 @@ func TestBackupRestore(t *testing.T) {
 	}
 	broken("checkpoint deleted", "gone from libvirt", "vda")
 	// the chain goes on from the new full point
-	guestWrite(t, vm, "dd if=/dev/urandom of=/dev/vda bs=64k count=1 seek=300")
-	h := guestSHA(t, vm, "/dev/vda")
-	p := backupJSON()
-	truth[p.ID] = h
+	p, h := changeAndBackup(1, 300)
 	if m, _, _ := p.disk(t, "vda"); m != "incremental" {
 		t.Errorf("after a full backup the next one is %s, want incremental", m)
 	}
@@ -269,10 +273,7 @@ func TestBackupRestore(t *testing.T) {
 	if err := vm.StartDomain(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	guestWrite(t, vm, "dd if=/dev/urandom of=/dev/vda bs=64k count=1 seek=350")
-	h = guestSHA(t, vm, "/dev/vda")
-	p = backupJSON()
-	truth[p.ID] = h
+	p, h = changeAndBackup(1, 350)
 	if m, _, _ := p.disk(t, "vda"); m != "incremental" {
 		t.Errorf("after a clean restart the backup is %s, want incremental (the bitmap was saved)", m)
 	}
@@ -291,18 +292,16 @@ func TestBackupRestore(t *testing.T) {
 	broken("VM restarted after a crash", "dirty bitmap", "vda")
 	// 4. a disk is added (with known content, written before it is attached)
 	extra := filepath.Join(dir, "extra.qcow2")
-	exec.Command("qemu-img", "create", "-f", "qcow2", extra, "16M").Run()
+	if err := testvm.CreateImage(extra, 16); err != nil {
+		t.Fatal(err)
+	}
 	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 1M 3M", extra).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-io: %v: %s", err, out)
 	}
-	os.Chmod(extra, 0o666)
 	if _, err := testvm.Virsh("attach-disk", name, extra, "vdb", "--driver", "qemu", "--subdriver", "qcow2", "--live", "--config"); err != nil {
 		t.Fatal(err)
 	}
-	guestWrite(t, vm, "dd if=/dev/urandom of=/dev/vda bs=64k count=1 seek=400")
-	h = guestSHA(t, vm, "/dev/vda")
-	p = backupJSON()
-	truth[p.ID] = h
+	p, h = changeAndBackup(1, 400)
 	if m, _, _ := p.disk(t, "vda"); m != "incremental" {
 		t.Errorf("disk added: vda was backed up %s, want incremental", m)
 	}

@@ -1,7 +1,6 @@
 package linux
 
 import (
-	"bytes"
 	"fmt"
 	"strings"
 )
@@ -166,32 +165,7 @@ func (k *Kernel) Exe(mm uint64) (FileInfo, error) {
 
 // Environ reads a process's environment from its memory.
 func (k *Kernel) Environ(mmAddr uint64) ([]string, error) {
-	mm, err := k.Object("mm_struct", mmAddr)
-	if err != nil {
-		return nil, err
-	}
-	f := &fields{v: mm}
-	start, end := f.uint("env_start"), f.uint("env_end")
-	if end <= start {
-		return nil, nil
-	}
-	if end-start > maxEnv {
-		end = start + maxEnv
-	}
-	um, err := k.UserSpace(mm)
-	if err != nil {
-		return nil, err
-	}
-	buf := make([]byte, end-start)
-	n, err := um.ReadAt(buf, int64(start))
-	if n == 0 && err != nil {
-		return nil, err
-	}
-	buf = bytes.TrimRight(buf[:n], "\x00")
-	if len(buf) == 0 {
-		return nil, nil
-	}
-	return strings.Split(string(buf), "\x00"), nil
+	return k.userStrings(mmAddr, "env_start", "env_end", maxEnv)
 }
 
 // VMAs lists a process's mappings: the maple tree (Linux 6.1+) or the

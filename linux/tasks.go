@@ -307,20 +307,27 @@ func (u *UserMemory) ReadAt(p []byte, va int64) (int, error) { return u.as.ReadA
 
 // Cmdline reads the argument vector of a process from its memory.
 func (k *Kernel) Cmdline(mmAddr uint64) ([]string, error) {
+	return k.userStrings(mmAddr, "arg_start", "arg_end", maxCmdline)
+}
+
+// userStrings reads the NUL-separated strings between two mm_struct
+// fields (arg_start/arg_end, env_start/env_end) from the process's memory,
+// at most max bytes.
+func (k *Kernel) userStrings(mmAddr uint64, startField, endField string, max uint64) ([]string, error) {
 	mm, err := k.Object("mm_struct", mmAddr)
 	if err != nil {
 		return nil, err
 	}
 	f := &fields{v: mm}
-	start, end := f.uint("arg_start"), f.uint("arg_end")
+	start, end := f.uint(startField), f.uint(endField)
 	if len(f.errs) > 0 {
 		return nil, errors.New(strings.Join(f.errs, "; "))
 	}
 	if end <= start {
 		return nil, nil
 	}
-	if end-start > maxCmdline {
-		end = start + maxCmdline
+	if end-start > max {
+		end = start + max
 	}
 	um, err := k.UserSpace(mm)
 	if err != nil {

@@ -169,16 +169,7 @@ func (d *Daemon) runSchedule(ctx context.Context, s *BackupSchedule) {
 	if len(domains) == 0 {
 		return
 	}
-	pw := os.Getenv("VMWATCH_REPO_PASSWORD")
-	if f := d.cfg.Backup.PasswordFile; f != "" {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			d.backupFailed(ctx, "", fmt.Errorf("backup.password_file: %w", err))
-			return
-		}
-		pw = strings.TrimRight(string(b), "\r\n")
-	}
-	r, err := backup.Open(ctx, backup.Options{Location: d.cfg.Backup.Repo, Password: pw, Create: true})
+	r, err := backup.Open(ctx, backup.Options{Location: d.cfg.Backup.Repo, PasswordFile: d.cfg.Backup.PasswordFile, Create: true})
 	if err != nil {
 		d.backupFailed(ctx, "", err)
 		return

@@ -74,16 +74,16 @@ func (vm *VM) bootLibvirt(ctx context.Context, initrd string) error {
 	if err := os.WriteFile(p, []byte(xml), 0o644); err != nil {
 		return err
 	}
-	exec.Command("virsh", "-c", "qemu:///system", "destroy", vm.Name).Run() // a leftover of an earlier run
+	Virsh("destroy", vm.Name) // a leftover of an earlier run
 	if vm.Persistent {
-		exec.Command("virsh", "-c", "qemu:///system", "undefine", "--checkpoints-metadata", vm.Name).Run()
-		if out, err := exec.Command("virsh", "-c", "qemu:///system", "define", p).CombinedOutput(); err != nil {
-			return fmt.Errorf("virsh define %s: %v: %s", vm.Name, err, out)
+		Virsh("undefine", "--checkpoints-metadata", vm.Name)
+		if _, err := Virsh("define", p); err != nil {
+			return err
 		}
 		return vm.StartDomain(ctx)
 	}
-	if out, err := exec.Command("virsh", "-c", "qemu:///system", "create", p).CombinedOutput(); err != nil {
-		return fmt.Errorf("virsh create %s: %v: %s", vm.Name, err, out)
+	if _, err := Virsh("create", p); err != nil {
+		return err
 	}
 	return vm.waitShell(ctx, "libvirt guest "+vm.Name, nil)
 }
@@ -95,8 +95,8 @@ func (vm *VM) StartDomain(ctx context.Context) error {
 		vm.shell.Close()
 		vm.shell = nil
 	}
-	if out, err := exec.Command("virsh", "-c", "qemu:///system", "start", vm.Name).CombinedOutput(); err != nil {
-		return fmt.Errorf("virsh start %s: %v: %s", vm.Name, err, out)
+	if _, err := Virsh("start", vm.Name); err != nil {
+		return err
 	}
 	return vm.waitShell(ctx, "libvirt guest "+vm.Name, nil)
 }
@@ -133,7 +133,7 @@ func virshQMP(domain, command string, args any) (json.RawMessage, error) {
 // EnsureLibvirtd starts virtlogd and libvirtd (as root) unless libvirtd's
 // socket answers already.
 func EnsureLibvirtd() error {
-	if exec.Command("virsh", "-c", "qemu:///system", "version").Run() == nil {
+	if _, err := Virsh("version"); err == nil {
 		return nil
 	}
 	exec.Command("virtlogd", "-d").Run()
@@ -141,7 +141,7 @@ func EnsureLibvirtd() error {
 		return fmt.Errorf("libvirtd -d: %v: %s (apt-get install libvirt-daemon-system)", err, out)
 	}
 	for i := 0; i < 50; i++ {
-		if exec.Command("virsh", "-c", "qemu:///system", "version").Run() == nil {
+		if _, err := Virsh("version"); err == nil {
 			return nil
 		}
 		time.Sleep(200 * time.Millisecond)

@@ -283,7 +283,7 @@ func (vm *VM) waitShell(ctx context.Context, what string, exited <-chan struct{}
 		if time.Now().After(deadline) {
 			extra := ""
 			if vm.Libvirt {
-				st, _ := exec.Command("virsh", "-c", "qemu:///system", "domstate", "--reason", vm.Name).CombinedOutput()
+				st, _ := Virsh("domstate", "--reason", vm.Name)
 				lg, _ := os.ReadFile("/var/log/libvirt/qemu/" + vm.Name + ".log")
 				if len(lg) > 1500 {
 					lg = lg[len(lg)-1500:]
@@ -366,9 +366,9 @@ func (vm *VM) Stop() {
 		<-vm.exited
 	}
 	if vm.Libvirt {
-		exec.Command("virsh", "-c", "qemu:///system", "destroy", vm.Name).Run()
+		Virsh("destroy", vm.Name)
 		if vm.Persistent {
-			exec.Command("virsh", "-c", "qemu:///system", "undefine", "--checkpoints-metadata", vm.Name).Run()
+			Virsh("undefine", "--checkpoints-metadata", vm.Name)
 		}
 	}
 	if vm.MemFile != "" {
@@ -394,9 +394,9 @@ func (vm *VM) Release() {
 func StopDir(dir string) error {
 	if b, err := os.ReadFile(filepath.Join(dir, "libvirt-domain")); err == nil {
 		name := strings.TrimSpace(string(b))
-		exec.Command("virsh", "-c", "qemu:///system", "destroy", name).Run()
-		if out, err := exec.Command("virsh", "-c", "qemu:///system", "undefine", "--checkpoints-metadata", name).CombinedOutput(); err != nil {
-			return fmt.Errorf("virsh undefine %s: %v: %s", name, err, out)
+		Virsh("destroy", name)
+		if _, err := Virsh("undefine", "--checkpoints-metadata", name); err != nil {
+			return err
 		}
 		return os.RemoveAll(dir)
 	}

@@ -12,7 +12,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/digitalocean/go-libvirt"
 	"github.com/spf13/cobra"
 	"libvirt.org/go/libvirtxml"
 
@@ -32,18 +31,7 @@ func (rf *repoFlags) add(cmd *cobra.Command) {
 }
 
 func (rf *repoFlags) open(ctx context.Context, create bool) (*backup.Repo, error) {
-	pw := os.Getenv("VMWATCH_REPO_PASSWORD")
-	if rf.passwordFile != "" {
-		b, err := os.ReadFile(rf.passwordFile)
-		if err != nil {
-			return nil, fmt.Errorf("--password-file: %w", err)
-		}
-		pw = strings.TrimRight(string(b), "\r\n")
-		if pw == "" {
-			return nil, fmt.Errorf("--password-file %s is empty", rf.passwordFile)
-		}
-	}
-	return backup.Open(ctx, backup.Options{Location: rf.repo, Password: pw, Create: create})
+	return backup.Open(ctx, backup.Options{Location: rf.repo, PasswordFile: rf.passwordFile, Create: create})
 }
 
 // progressPrinter draws "done / total, rate" on a terminal, at most a few
@@ -578,12 +566,8 @@ func restoreOnto(ctx context.Context, r *backup.Repo, p *backup.Point, yes bool)
 	}
 	// the images have no dirty bitmaps now: drop vmwatch's checkpoints
 	// (metadata only), so the next backup is a full one
-	if cps, _, err := c.L.DomainListAllCheckpoints(dom, -1, 0); err == nil {
-		for _, cp := range cps {
-			if strings.HasPrefix(cp.Name, backup.CheckpointPrefix) {
-				c.L.DomainCheckpointDelete(cp, libvirt.DomainCheckpointDeleteMetadataOnly)
-			}
-		}
+	if err := backup.ForgetCheckpoints(c, dom); err != nil {
+		slog.Warn("the next backup may try an incremental one and fall back to full", "domain", p.Domain, "err", err)
 	}
 	fmt.Fprintf(os.Stdout, "restored %d disks of %s from %s (%s)\n", len(p.Disks), p.Domain, p.ID, p.Time.Local().Format(time.DateTime))
 	return nil
