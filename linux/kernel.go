@@ -57,6 +57,7 @@ type Kernel struct {
 	Kallsyms *KallsymsInfo
 	Types    Types
 	BTFSize  int
+	BTFAddr  uint64 // where the BTF blob lies in the guest's kernel image
 	Release  string
 	Banner   string
 	Steps    []Step
@@ -297,6 +298,7 @@ func (k *Kernel) loadBTF(img []byte) error {
 	}
 	sum := sha256.Sum256(img[off : off+n])
 	k.BTFSize = n
+	k.BTFAddr = k.Loc.TextStart + uint64(off)
 	// VMs that run the same kernel build share its types
 	btfCache.Lock()
 	defer btfCache.Unlock()
@@ -309,7 +311,7 @@ func (k *Kernel) loadBTF(img []byte) error {
 	if err != nil {
 		return fmt.Errorf("parse BTF at %#x (%d bytes): %w", k.Loc.TextStart+uint64(off), n, err)
 	}
-	t := newBTFTypes(spec, blob, fmt.Sprintf("BTF in guest memory (%s)", humanBytes(uint64(n))))
+	t := newBTFTypes(spec, blob, "BTF in guest memory")
 	if len(btfCache.m) >= maxCachedBTF {
 		clear(btfCache.m)
 	}
@@ -359,6 +361,21 @@ func readCString(as *x86.AddressSpace, va uint64, max int) (string, error) {
 		va += uint64(n)
 	}
 	return string(out), nil
+}
+
+// IsKernelPtr reports whether a is in the kernel half of the address
+// space: at or above 0xffff800000000000 with 4-level paging, at or above
+// 0xff00000000000000 with 5 levels (LA57), where the direct map, and so
+// every allocated kernel object, sits far lower than with 4 levels.
+func (k *Kernel) IsKernelPtr(a uint64) bool { return a >= KernelHalf(k.Loc.Levels) }
+
+// KernelHalf is the lowest kernel address of x86-64 with that many paging
+// levels (the canonical upper half).
+func KernelHalf(levels int) uint64 {
+	if levels == 5 {
+		return 0xff00000000000000
+	}
+	return 0xffff800000000000
 }
 
 // Symbol returns the address of a kernel symbol.

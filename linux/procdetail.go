@@ -1,6 +1,7 @@
 package linux
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -54,9 +55,11 @@ func (f FileInfo) Setuid() bool { return f.Mode&0o4000 != 0 }
 
 // limits for process detail walks
 const (
-	maxVMAs      = 1 << 16
-	maxPathDepth = 64
-	maxEnv       = 64 << 10
+	maxVMAs = 1 << 16
+	// MAPLE_HEIGHT_MAX is 31 (include/linux/maple_tree.h)
+	maxMapleHeight = 31
+	maxPathDepth   = 64
+	maxEnv         = 64 << 10
 )
 
 // FileInfo resolves a struct file: its path (through dentries and mounts,
@@ -238,10 +241,17 @@ func (k *Kernel) VMAs(mmAddr uint64, paths bool) ([]VMA, error) {
 	return out, err
 }
 
-// mapleEntries returns the entries of a maple tree (the VMAs of an mm):
-// internal nodes (maple_range_64, maple_arange_64) hold child pointers,
-// leaves (maple_leaf_64) hold entries. A node pointer is tagged: bit 1
-// marks a node, bits 3-6 its type (lib/maple_tree.c).
+// mapleEntries returns the entries of a maple tree (the VMAs of an mm).
+// lib/maple_tree.c: a node pointer ("enode") carries the node's type in
+// bits 3-6 (enum maple_type: maple_dense, maple_leaf_64, maple_range_64,
+// maple_arange_64) and flags in bits 0-2; the node is the pointer with
+// its low 8 bits cleared. The root is marked as an internal entry (bit 1);
+// the child pointers in the slots of range and arange nodes are enodes
+// without that mark. Slot i of a node covers the indexes up to pivot i;
+// the last slot's limit is the node's own maximum (its parent's pivot).
+// A pivot of 0 after the first slot, or one that reaches the node's
+// maximum, ends the node's data: what lies behind it (a node's metadata,
+// stale slots) is not an entry.
 func (k *Kernel) mapleEntries(root uint64) ([]uint64, error) {
 	nodeT, err := k.Types.Struct("maple_node")
 	if err != nil {
@@ -251,63 +261,97 @@ func (k *Kernel) mapleEntries(root uint64) ([]uint64, error) {
 	r64, err2 := k.Types.EnumConstant("maple_range_64")
 	a64, err3 := k.Types.EnumConstant("maple_arange_64")
 	if err1 != nil || err2 != nil || err3 != nil {
-		return nil, fmt.Errorf("maple tree node types: %v %v %v", err1, err2, err3)
+		return nil, fmt.Errorf("maple tree node types: %w", errors.Join(err1, err2, err3))
 	}
-	isNode := func(e uint64) bool { return e&3 == 2 && e > 4096 }
 	var out []uint64
 	seen := map[uint64]bool{}
-	var walk func(e uint64, depth int) error
-	walk = func(e uint64, depth int) error {
-		if e == 0 {
-			return nil
+	entry := func(e uint64) {
+		if e&7 == 0 && k.IsKernelPtr(e) && len(out) <= maxVMAs {
+			out = append(out, e)
 		}
-		if !isNode(e) {
-			if e&7 == 0 && e >= 0xffff800000000000 {
-				out = append(out, e)
-			}
-			return nil
+	}
+	var walk func(enode, max uint64, depth int) error
+	walk = func(enode, max uint64, depth int) error {
+		if depth > maxMapleHeight {
+			return fmt.Errorf("maple tree deeper than %d levels: %w", maxMapleHeight, ErrListCorrupt)
 		}
-		if depth > 16 {
-			return fmt.Errorf("maple tree deeper than 16: %w", ErrListCorrupt)
+		node := enode &^ 0xff
+		typ := int64(enode>>3) & 0xf
+		if !k.IsKernelPtr(node) {
+			return fmt.Errorf("maple node pointer %#x is not a kernel address: %w", enode, ErrListCorrupt)
 		}
-		node := e &^ 0xff
-		typ := int64(e>>3) & 0xf
 		if seen[node] || len(seen) > maxVMAs {
 			return fmt.Errorf("maple node %#x reached twice: %w", node, ErrListCorrupt)
 		}
 		seen[node] = true
 		v, err := k.ReadValue(nodeT, node)
 		if err != nil {
-			return err
+			return fmt.Errorf("maple node %#x: %w", node, err)
 		}
-		var slots Value
+		var slots, pivots Value
 		switch typ {
 		case leaf, r64:
 			slots, err = v.Field("mr64.slot")
+			if err == nil {
+				pivots, err = v.Field("mr64.pivot")
+			}
 		case a64:
 			slots, err = v.Field("ma64.slot")
+			if err == nil {
+				pivots, err = v.Field("ma64.pivot")
+			}
 		default:
-			return fmt.Errorf("maple node %#x of unknown type %d", node, typ)
+			return fmt.Errorf("maple node %#x of unknown type %d: %w", node, typ, ErrListCorrupt)
 		}
 		if err != nil {
 			return err
 		}
-		for i := 0; i < int(slots.Type.Len); i++ {
-			s, _ := slots.Index(i)
-			p, _ := s.Ptr()
-			if typ == leaf {
-				if !isNode(p) && p&7 == 0 && p >= 0xffff800000000000 { // a VMA (kernel address), not metadata
-					out = append(out, p)
+		n := int(slots.Type.Len)
+		if n == 0 || pivots.Type.Len+1 < uint64(n) {
+			return fmt.Errorf("maple node %#x: %d slots but %d pivots", node, n, pivots.Type.Len)
+		}
+		for i := 0; i < n; i++ {
+			limit := max
+			if i < n-1 {
+				pv, err := pivots.Index(i)
+				if err != nil {
+					return err
 				}
-				continue
+				if limit, err = pv.Uint(); err != nil {
+					return err
+				}
+				if i > 0 && limit == 0 {
+					break // unused slots
+				}
 			}
-			if err := walk(p, depth+1); err != nil {
+			sv, err := slots.Index(i)
+			if err != nil {
 				return err
+			}
+			p, err := sv.Ptr()
+			if err != nil {
+				return err
+			}
+			if p != 0 {
+				if typ == leaf {
+					entry(p)
+				} else if err := walk(p, limit, depth+1); err != nil {
+					return err
+				}
+			}
+			if limit >= max {
+				break // the node's last range
 			}
 		}
 		return nil
 	}
-	err = walk(root, 0)
+	switch {
+	case root == 0:
+	case root&3 == 2 && root > 4096: // xa_is_node: a tree of nodes
+		err = walk(root, ^uint64(0), 0)
+	default: // a single entry stored in the root
+		entry(root)
+	}
 	if len(out) > maxVMAs {
 		out = out[:maxVMAs]
 	}

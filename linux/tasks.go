@@ -30,7 +30,18 @@ type Process struct {
 	Mm        Addr     `json:"mm,omitempty"`
 	Cred      Addr     `json:"cred"`
 	Parent    Addr     `json:"parent"`
-	Errors    []string `json:"errors,omitempty"`
+	// PIDNS is the task's PID namespace (the inode number of
+	// /proc/PID/ns/pid) and NSPID its pid there, which a process in a
+	// container sees as its own.
+	PIDNS uint64 `json:"pid_ns,omitempty"`
+	NSPID int64  `json:"ns_pid,omitempty"`
+	NetNS uint64 `json:"net_ns,omitempty"`
+	MntNS uint64 `json:"mnt_ns,omitempty"`
+	// Cgroup is the task's cgroup on the unified hierarchy, as the "0::"
+	// line of /proc/PID/cgroup shows it.
+	Cgroup    string     `json:"cgroup,omitempty"`
+	Container *Container `json:"container,omitempty"`
+	Errors    []string   `json:"errors,omitempty"`
 }
 
 // Limits for walks over hostile memory.
@@ -132,6 +143,7 @@ func (k *Kernel) Processes(opt PSOptions) ([]Process, error) {
 	}
 	var out []Process
 	tgidOf := map[uint64]int64{}
+	nsr := k.newNSReader()
 	for _, a := range leaders {
 		v, err := k.ReadValue(tt, a)
 		if err != nil {
@@ -139,6 +151,7 @@ func (k *Kernel) Processes(opt PSOptions) ([]Process, error) {
 			continue
 		}
 		p := k.process(v, !opt.NoCmdline)
+		nsr.taskNS(v, &p)
 		tgidOf[a] = p.TGID
 		if opt.Threads {
 			ths, err := k.Threads(v)
@@ -157,6 +170,7 @@ func (k *Kernel) Processes(opt PSOptions) ([]Process, error) {
 					continue
 				}
 				tp := k.process(tv, false)
+				nsr.taskNS(tv, &tp)
 				tp.Cmdline = p.Cmdline
 				out = append(out, tp)
 			}
@@ -305,9 +319,63 @@ type UserMemory struct {
 // ReadAt reads user memory at va.
 func (u *UserMemory) ReadAt(p []byte, va int64) (int, error) { return u.as.ReadAt(p, va) }
 
-// Cmdline reads the argument vector of a process from its memory.
+// Cmdline reads a process's command line from its memory as the guest's
+// /proc/PID/cmdline gives it (fs/proc/base.c, get_mm_cmdline): the
+// NUL-separated strings of the argument area — unless the process has
+// overwritten the area's last byte, as setproctitle does (sshd, nginx,
+// postgres): then the title is the one string from arg_start to its first
+// NUL, which may run on into the environment area when that area follows
+// the arguments directly.
 func (k *Kernel) Cmdline(mmAddr uint64) ([]string, error) {
-	return k.userStrings(mmAddr, "arg_start", "arg_end", maxCmdline)
+	mm, err := k.Object("mm_struct", mmAddr)
+	if err != nil {
+		return nil, err
+	}
+	f := &fields{v: mm}
+	argStart, argEnd := f.uint("arg_start"), f.uint("arg_end")
+	envStart, envEnd := f.uint("env_start"), f.uint("env_end")
+	if len(f.errs) > 0 {
+		return nil, errors.New(strings.Join(f.errs, "; "))
+	}
+	if argEnd <= argStart {
+		return nil, nil
+	}
+	if envStart != argEnd || envEnd < envStart {
+		envEnd = argEnd
+	}
+	um, err := k.UserSpace(mm)
+	if err != nil {
+		return nil, err
+	}
+	var last [1]byte
+	if n, _ := um.ReadAt(last[:], int64(argEnd-1)); n == 1 && last[0] != 0 {
+		title, err := um.readTitle(argStart, min(envEnd, argStart+maxCmdline))
+		if title == "" && err != nil {
+			return nil, err
+		}
+		return []string{title}, nil
+	}
+	return um.strings(argStart, argEnd, maxCmdline)
+}
+
+// readTitle reads the string at start up to its NUL, or up to end, a page
+// at a time (the environment area may end in a page that is not there).
+func (u *UserMemory) readTitle(start, end uint64) (string, error) {
+	var out []byte
+	for a := start; a < end; {
+		n := min(end-a, 4096-a%4096)
+		buf := make([]byte, n)
+		got, err := u.ReadAt(buf, int64(a))
+		if i := bytes.IndexByte(buf[:got], 0); i >= 0 {
+			return string(append(out, buf[:i]...)), nil
+		}
+		out = append(out, buf[:got]...)
+		if err != nil {
+			return string(out), err
+		}
+		a += n
+	}
+	return string(out), nil
 }
 
 // userStrings reads the NUL-separated strings between two mm_struct
@@ -326,15 +394,23 @@ func (k *Kernel) userStrings(mmAddr uint64, startField, endField string, max uin
 	if end <= start {
 		return nil, nil
 	}
-	if end-start > max {
-		end = start + max
-	}
 	um, err := k.UserSpace(mm)
 	if err != nil {
 		return nil, err
 	}
+	return um.strings(start, end, max)
+}
+
+// strings reads the NUL-separated strings in [start, end), at most max bytes.
+func (u *UserMemory) strings(start, end, max uint64) ([]string, error) {
+	if end <= start {
+		return nil, nil
+	}
+	if end-start > max {
+		end = start + max
+	}
 	buf := make([]byte, end-start)
-	n, err := um.ReadAt(buf, int64(start))
+	n, err := u.ReadAt(buf, int64(start))
 	if n == 0 && err != nil {
 		return nil, err
 	}

@@ -43,7 +43,11 @@ func (k *Kernel) ScanTasks() ([]ScannedTask, error) {
 	if err != nil {
 		return nil, err
 	}
-	pob := uint64(0xffff888000000000) // direct map base without RANDOMIZE_MEMORY
+	// the direct map's base without RANDOMIZE_MEMORY (4 and 5 levels)
+	pob := uint64(0xffff888000000000)
+	if k.Loc.Levels == 5 {
+		pob = 0xff11000000000000
+	}
 	if a, ok := k.Syms.Lookup("page_offset_base"); ok {
 		if v, e := k.Uint64(a); e == nil && v != 0 {
 			pob = v
@@ -60,6 +64,7 @@ func (k *Kernel) ScanTasks() ([]ScannedTask, error) {
 	if st, ok := k.Mem.(guestmem.Streamer); ok {
 		read = st.StreamAt
 	}
+	kmin := KernelHalf(k.Loc.Levels)
 	span := int(tt.Size)
 	buf := make([]byte, scanChunk+span)
 	var out []ScannedTask
@@ -78,7 +83,7 @@ func (k *Kernel) ScanTasks() ([]ScannedTask, error) {
 				continue
 			}
 			for o := 0; o+span <= n && o < scanChunk; o += 64 {
-				if !looksLikeTask(b[o:o+span], commOff, pidOff, tgidOff, tasksOff) {
+				if !looksLikeTask(b[o:o+span], commOff, pidOff, tgidOff, tasksOff, kmin) {
 					continue
 				}
 				va := base + uint64(o) + pob
@@ -98,7 +103,7 @@ func (k *Kernel) ScanTasks() ([]ScannedTask, error) {
 	return out, nil
 }
 
-func looksLikeTask(b []byte, commOff, pidOff, tgidOff, tasksOff uint64) bool {
+func looksLikeTask(b []byte, commOff, pidOff, tgidOff, tasksOff, kmin uint64) bool {
 	c := b[commOff : commOff+16]
 	if c[0] < 0x20 || c[0] > 0x7e {
 		return false
@@ -124,7 +129,7 @@ func looksLikeTask(b []byte, commOff, pidOff, tgidOff, tasksOff uint64) bool {
 	}
 	next := binary.LittleEndian.Uint64(b[tasksOff:])
 	prev := binary.LittleEndian.Uint64(b[tasksOff+8:])
-	return next >= 0xffff800000000000 && prev >= 0xffff800000000000 && next&7 == 0 && prev&7 == 0
+	return next >= kmin && prev >= kmin && next&7 == 0 && prev&7 == 0
 }
 
 // liveTask validates a candidate task structure at va.
