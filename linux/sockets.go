@@ -10,26 +10,35 @@ import (
 
 // Socket is an open socket with the processes that hold it.
 type Socket struct {
-	Sock       Addr     `json:"sock"`
-	Family     string   `json:"family"`   // inet, inet6, unix, netlink, ...
-	Protocol   string   `json:"protocol"` // tcp, udp, raw, unix, ...
-	Type       string   `json:"type"`     // stream, dgram, ...
-	LocalAddr  string   `json:"local_address,omitempty"`
-	LocalPort  uint16   `json:"local_port,omitempty"`
-	RemoteAddr string   `json:"remote_address,omitempty"`
-	RemotePort uint16   `json:"remote_port,omitempty"`
-	State      string   `json:"state"`
-	Inode      uint64   `json:"inode"`
-	Path       string   `json:"path,omitempty"` // unix sockets
-	PIDs       []int64  `json:"pids"`
-	Errors     []string `json:"errors,omitempty"`
+	Sock       Addr   `json:"sock"`
+	Family     string `json:"family"`   // inet, inet6, unix, netlink, ...
+	Protocol   string `json:"protocol"` // tcp, udp, raw, unix, ...
+	Type       string `json:"type"`     // stream, dgram, ...
+	LocalAddr  string `json:"local_address,omitempty"`
+	LocalPort  uint16 `json:"local_port,omitempty"`
+	RemoteAddr string `json:"remote_address,omitempty"`
+	RemotePort uint16 `json:"remote_port,omitempty"`
+	State      string `json:"state"`
+	Inode      uint64 `json:"inode"`
+	Path       string `json:"path,omitempty"` // unix sockets
+	// PortID is a netlink socket's port (often the owner's pid).
+	PortID uint32 `json:"portid,omitempty"`
+	// NetNS is the network namespace the socket lives in (the inode
+	// number of /proc/PID/ns/net); compare with the init namespace's.
+	NetNS  uint64   `json:"net_ns,omitempty"`
+	PIDs   []int64  `json:"pids"`
+	Errors []string `json:"errors,omitempty"`
 }
 
 // Linux ABI values (uapi: socket families, IP protocols, socket types).
 var (
 	familyNames = map[uint64]string{1: "unix", 2: "inet", 10: "inet6", 16: "netlink", 17: "packet", 40: "vsock"}
-	protoNames  = map[uint64]string{0: "ip", 1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 136: "udplite", 255: "raw"}
-	typeNames   = map[uint64]string{1: "stream", 2: "dgram", 3: "raw", 4: "rdm", 5: "seqpacket", 10: "packet"}
+	// netlink protocols by the names ss(8) prints (uapi linux/netlink.h)
+	netlinkNames = map[uint64]string{0: "rtnl", 1: "unused", 2: "usersock", 3: "fw", 4: "tcpdiag", 5: "nflog", 6: "xfrm",
+		7: "selinux", 8: "iscsi", 9: "audit", 10: "fiblookup", 11: "connector", 12: "nft", 13: "ip6fw", 14: "dec-rt",
+		15: "uevent", 16: "genl", 18: "scsi-trans", 19: "ecryptfs", 20: "rdma", 21: "crypto", 22: "smc"}
+	protoNames = map[uint64]string{0: "ip", 1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 136: "udplite", 255: "raw"}
+	typeNames  = map[uint64]string{1: "stream", 2: "dgram", 3: "raw", 4: "rdm", 5: "seqpacket", 10: "packet"}
 )
 
 // tcpStateNames maps the kernel's TCP_* states (include/net/tcp_states.h),
@@ -118,6 +127,7 @@ func (k *Kernel) Sockets() ([]Socket, error) {
 		return nil, err
 	}
 	states := k.tcpStates()
+	nsr := k.newNSReader()
 	bySock := map[uint64]*Socket{}
 	var order []uint64
 	for _, a := range leaders {
@@ -149,7 +159,7 @@ func (k *Kernel) Sockets() ([]Socket, error) {
 			}
 			s, ok := bySock[sockp]
 			if !ok {
-				s = k.socket(sockp, states)
+				s = k.socket(sockp, states, nsr)
 				s.Inode = ino
 				bySock[sockp] = s
 				order = append(order, sockp)
@@ -186,11 +196,11 @@ func (k *Kernel) SocketOfFile(file uint64) (*Socket, bool) {
 	if ff.ptr("f_op") != sockOps {
 		return nil, false
 	}
-	return k.socket(ff.ptr("private_data"), k.tcpStates()), true
+	return k.socket(ff.ptr("private_data"), k.tcpStates(), k.newNSReader()), true
 }
 
 // socket reads a struct socket and its struct sock.
-func (k *Kernel) socket(addr uint64, states map[uint64]string) *Socket {
+func (k *Kernel) socket(addr uint64, states map[uint64]string, nsr *nsReader) *Socket {
 	s := &Socket{}
 	sv, err := k.Object("socket", addr)
 	if err != nil {
@@ -219,6 +229,13 @@ func (k *Kernel) socket(addr uint64, states map[uint64]string) *Socket {
 	}
 	proto := f.uint("sk_protocol")
 	state := f.uint("__sk_common.skc_state")
+	if sk.Type.HasField("__sk_common.skc_net") {
+		if net := f.ptr("__sk_common.skc_net"); net != 0 {
+			ns, err := nsr.nsInum("net", net)
+			f.note(err)
+			s.NetNS = ns
+		}
+	}
 	switch fam {
 	case 2, 10:
 		s.Protocol = protoNames[proto]
@@ -253,9 +270,32 @@ func (k *Kernel) socket(addr uint64, states map[uint64]string) *Socket {
 		s.Protocol = "unix"
 		s.State = map[uint64]string{1: "ESTABLISHED", 7: "UNCONN", 10: "LISTEN"}[state]
 		s.Path = k.unixPath(skp, f)
+	case 16:
+		s.Protocol = "netlink"
+		if n, ok := netlinkNames[proto]; ok {
+			s.LocalAddr = n
+		} else {
+			s.LocalAddr = fmt.Sprintf("proto %d", proto)
+		}
+		if nl, err := k.Object("netlink_sock", skp); err == nil {
+			s.PortID = uint32((&fields{v: nl}).uint("portid"))
+		}
+		// netlink keeps sk_state at TCP_CLOSE unless connected (NETLINK_CONNECTED)
+		s.State = map[uint64]string{1: "ESTABLISHED"}[state]
+		if s.State == "" {
+			s.State = "UNCONN"
+		}
 	default:
-		s.Protocol = fmt.Sprintf("proto %d", proto)
-		s.State = fmt.Sprintf("state %d", state)
+		s.Protocol = s.Family
+		if s.Family == "packet" {
+			s.LocalAddr = fmt.Sprintf("0x%04x", proto>>8|proto<<8&0xff00) // the ethertype, in network byte order
+		} else if proto != 0 {
+			s.LocalAddr = fmt.Sprintf("proto %d", proto)
+		}
+		s.State = "UNCONN"
+		if state == 1 {
+			s.State = "ESTABLISHED"
+		}
 	}
 	s.Errors = append(sf.errs, f.errs...)
 	return s

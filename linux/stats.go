@@ -9,16 +9,20 @@ import (
 // GuestStats are resource figures read from the guest kernel's own
 // counters, the ones /proc/meminfo, /proc/loadavg and /proc/uptime print.
 type GuestStats struct {
-	MemTotal     uint64     `json:"mem_total_bytes"`
-	MemFree      uint64     `json:"mem_free_bytes"`
-	MemAvailable uint64     `json:"mem_available_bytes"`
-	Cached       uint64     `json:"cached_bytes"`
-	Load         [3]float64 `json:"load"`
-	Running      int64      `json:"running"`
-	Threads      int64      `json:"threads"`
-	Uptime       float64    `json:"uptime_seconds"`
-	BootTime     float64    `json:"boot_time_unix"` // wall clock at boot, Unix seconds
-	Errors       []string   `json:"errors,omitempty"`
+	MemTotal     uint64 `json:"mem_total_bytes"`
+	MemFree      uint64 `json:"mem_free_bytes"`
+	MemAvailable uint64 `json:"mem_available_bytes"`
+	// Buffers is the page cache of block devices (/proc/meminfo's
+	// Buffers); Cached is the rest of the page cache, as /proc/meminfo
+	// counts it (file pages minus swap cache and buffers).
+	Buffers  uint64     `json:"buffers_bytes"`
+	Cached   uint64     `json:"cached_bytes"`
+	Load     [3]float64 `json:"load"`
+	Running  int64      `json:"running"`
+	Threads  int64      `json:"threads"`
+	Uptime   float64    `json:"uptime_seconds"`
+	BootTime float64    `json:"boot_time_unix"` // wall clock at boot, Unix seconds
+	Errors   []string   `json:"errors,omitempty"`
 }
 
 const pageSize = 4096
@@ -63,7 +67,10 @@ func (k *Kernel) Stats() (GuestStats, error) {
 	filePages, err := k.counter("vm_node_stat", "NR_FILE_PAGES")
 	note(err)
 	swapCache, _ := k.counter("vm_node_stat", "NR_SWAPCACHE")
-	st.Cached = clampPages(filePages - swapCache)
+	buffers, err := k.blockdevPages()
+	note(err)
+	st.Buffers = clampPages(buffers)
+	st.Cached = clampPages(filePages - swapCache - buffers)
 	st.MemAvailable = k.memAvailable(free, note)
 
 	// load averages: fixed point with 11 fractional bits (FSHIFT)
@@ -95,6 +102,61 @@ func (k *Kernel) Stats() (GuestStats, error) {
 	st.Uptime, st.BootTime, err = k.uptime()
 	note(err)
 	return st, nil
+}
+
+// maxBlockdevInodes bounds the walk over the block devices' inodes.
+const maxBlockdevInodes = 1 << 16
+
+// blockdevPages sums the page cache of every block device, as
+// nr_blockdev_pages() does for /proc/meminfo's Buffers: the pages of each
+// inode of the bdev pseudo file system (blockdev_superblock->s_inodes).
+func (k *Kernel) blockdevPages() (int64, error) {
+	a, err := k.Symbol("blockdev_superblock")
+	if err != nil {
+		return 0, err
+	}
+	sb, err := k.Uint64(a)
+	if err != nil || sb == 0 {
+		return 0, fmt.Errorf("blockdev_superblock: %v", err)
+	}
+	sbT, err := k.Types.Struct("super_block")
+	if err != nil {
+		return 0, err
+	}
+	headOff, err := sbT.FieldOffset("s_inodes")
+	if err != nil {
+		return 0, err
+	}
+	inT, err := k.Types.Struct("inode")
+	if err != nil {
+		return 0, err
+	}
+	nodeOff, err := inT.FieldOffset("i_sb_list")
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	err = k.WalkList(sb+headOff, maxBlockdevInodes, func(node uint64) error {
+		m, err := k.ReadField("inode", node-nodeOff, "i_mapping")
+		if err != nil {
+			return err
+		}
+		mp, err := m.Ptr()
+		if err != nil || mp == 0 {
+			return err
+		}
+		n, err := k.ReadField("address_space", mp, "nrpages")
+		if err != nil {
+			return err
+		}
+		v, err := n.Uint()
+		total += int64(v)
+		return err
+	})
+	if err != nil {
+		return total, fmt.Errorf("buffers (block device page cache): %w", err)
+	}
+	return total, nil
 }
 
 func clampPages(p int64) uint64 {
