@@ -169,10 +169,10 @@ type change struct {
 	expected, seen []byte
 }
 
-// diffRegion finds differing runs, skipping those the kernel patches at
-// run time and those a different KASLR offset explains (relocated 32- and
-// 64-bit addresses differ by exactly the shift).
-func diffRegion(base, cur []byte, start uint64, delta int64, sites []linux.PatchSite) []change {
+// diffRegion finds differing runs, skipping those excused (a patch site
+// holding what the kernel writes there) and those a different KASLR offset
+// explains (relocated 32- and 64-bit addresses differ by exactly the shift).
+func diffRegion(base, cur []byte, start uint64, delta int64, excused func(a, n uint64) bool) []change {
 	var out []change
 	n := min(len(base), len(cur))
 	for i := 0; i < n; {
@@ -192,7 +192,7 @@ func diffRegion(base, cur []byte, start uint64, delta int64, sites []linux.Patch
 			}
 			k++
 		}
-		if !linux.Covered(sites, start+uint64(i), uint64(j-i)) && !(delta != 0 && relocated(base, cur, i, j, delta)) {
+		if !(excused != nil && excused(start+uint64(i), uint64(j-i))) && !(delta != 0 && relocated(base, cur, i, j, delta)) {
 			out = append(out, change{start + uint64(i), base[i:j], cur[i:j]})
 		}
 		i = j
@@ -234,17 +234,19 @@ func relocated(base, cur []byte, i, j int, delta int64) bool {
 }
 
 func kernelIntegrity(s *Snapshot) ([]Finding, error) {
-	sites, siteErr := s.K.PatchSites()
-	out, err := inlineHooks(s, sites)
+	// a patch site excuses a change only when it holds what the kernel's
+	// own mechanism writes there, given the kernel's state now
+	sc, siteErr := s.Sites()
+	out, err := inlineHooks(s, sc)
 	if b := s.Opt.Baseline; b != nil {
-		fs, berr := compareBaseline(s, b, sites)
+		fs, berr := compareBaseline(s, b, sc)
 		out = append(out, fs...)
 		err = errors.Join(err, berr)
 	}
 	return out, errors.Join(err, siteErr)
 }
 
-func compareBaseline(s *Snapshot, b *Baseline, sites []linux.PatchSite) ([]Finding, error) {
+func compareBaseline(s *Snapshot, b *Baseline, sc *linux.SiteCheck) ([]Finding, error) {
 	if b.Release != s.K.Release || b.Banner != s.K.Banner {
 		return nil, fmt.Errorf("the baseline is of kernel %q, the guest runs %q: record a new baseline", b.Release, s.K.Release)
 	}
@@ -269,7 +271,7 @@ func compareBaseline(s *Snapshot, b *Baseline, sites []linux.PatchSite) ([]Findi
 			return out, fmt.Errorf("baseline region %s outside the kernel image", r.Name)
 		}
 		cur := linux.BorrowBuffer(r.Size)
-		fs, err := compareRegion(s, b, r, cur, p, start, delta, sites, skip)
+		fs, err := compareRegion(s, b, r, cur, p, start, delta, sc, skip)
 		linux.ReturnBuffer(cur)
 		out = append(out, fs...)
 		if err != nil {
@@ -281,7 +283,7 @@ func compareBaseline(s *Snapshot, b *Baseline, sites []linux.PatchSite) ([]Findi
 
 // compareRegion compares one baseline region with the guest's bytes,
 // read into cur from physical address p.
-func compareRegion(s *Snapshot, b *Baseline, r *BaselineRegion, cur []byte, p, start uint64, delta int64, sites []linux.PatchSite, skip [2]uint64) ([]Finding, error) {
+func compareRegion(s *Snapshot, b *Baseline, r *BaselineRegion, cur []byte, p, start uint64, delta int64, sc *linux.SiteCheck, skip [2]uint64) ([]Finding, error) {
 	if _, err := s.K.Mem.ReadAt(cur, int64(p)); err != nil {
 		return nil, fmt.Errorf("read kernel %s: %w", r.Name, err)
 	}
@@ -325,7 +327,8 @@ func compareRegion(s *Snapshot, b *Baseline, r *BaselineRegion, cur []byte, p, s
 	}
 	groups := map[string]*group{}
 	var order []string
-	for _, c := range diffRegion(base, cur, start, delta, sites) {
+	excused := func(a, n uint64) bool { return sc.Excuses(a, n, cur, start) }
+	for _, c := range diffRegion(base, cur, start, delta, excused) {
 		if c.addr >= skip[0] && c.addr+uint64(len(c.seen)) <= skip[1] {
 			continue
 		}
@@ -351,7 +354,7 @@ func compareRegion(s *Snapshot, b *Baseline, r *BaselineRegion, cur []byte, p, s
 			ev.Addresses = append(ev.Addresses, s.addr("jump target", tgt))
 		}
 		out = append(out, s.finding("kernel-code-modified", fmt.Sprintf("Kernel %s changed in %s", r.Name, g.sym), Critical, "T1014", fmt.Sprintf("%s/%s", r.Name, g.sym),
-			fmt.Sprintf("%d byte(s) of kernel %s at %s differ from the baseline (expected %s, found %s), outside every place the kernel patches itself (jump labels, ftrace, static calls, kprobes). Kernel code was patched: an inline hook or a rootkit.", len(c.seen), r.Name, where, hexBytes(c.expected), hexBytes(c.seen)),
+			fmt.Sprintf("%d byte(s) of kernel %s at %s differ from the baseline (expected %s, found %s), and are not what the kernel itself writes at its patch sites (jump labels, ftrace, static calls, kprobes). Kernel code was patched: an inline hook or a rootkit.", len(c.seen), r.Name, where, hexBytes(c.expected), hexBytes(c.seen)),
 			ev))
 	}
 	if hashes != nil {
@@ -387,7 +390,7 @@ func hexBytes(b []byte) string {
 // inlineHooks looks at the first instructions of every kernel function for
 // a jump or call out of kernel text: the classic inline hook. Places the
 // kernel patches itself (ftrace trampolines, kprobes) are skipped.
-func inlineHooks(s *Snapshot, sites []linux.PatchSite) ([]Finding, error) {
+func inlineHooks(s *Snapshot, sc *linux.SiteCheck) ([]Finding, error) {
 	start, text, err := s.K.TextBytes()
 	if err != nil {
 		return nil, err
@@ -409,7 +412,7 @@ func inlineHooks(s *Snapshot, sites []linux.PatchSite) ([]Finding, error) {
 					site := start + uint64(pc)
 					t := site + uint64(in.Len) + uint64(int64(rel))
 					// calls from __ref functions into init text are the kernel's own
-					if !s.K.KernelText(t) && !s.K.InitText(t) && !linux.Covered(sites, site, uint64(in.Len)) {
+					if !s.K.KernelText(t) && !s.K.InitText(t) && !sc.Excuses(site, uint64(in.Len), text, start) {
 						a := s.addr("jump target", t)
 						out = append(out, s.finding("inline-hook", fmt.Sprintf("Kernel function %s jumps to %s", sym.Name, describe(a)), Critical, "T1014", sym.Name,
 							fmt.Sprintf("The first instructions of %s (at %s) %s %v (%s), outside kernel text: an inline hook diverts every call of %s. Treat the kernel as compromised.", sym.Name, s.K.Syms.Describe(site), map[bool]string{true: "call", false: "jump to"}[in.Op == x86asm.CALL], linux.Addr(t), describe(a), sym.Name),

@@ -1,7 +1,9 @@
 package detect
 
 import (
+	"errors"
 	"fmt"
+	"path"
 	"strings"
 
 	"github.com/vmwatch/vmwatch/linux"
@@ -13,6 +15,7 @@ type ProcDetail struct {
 	ExeErr error
 	Env    []string
 	VMAs   []linux.VMA
+	VMAErr error
 	// Stdio are the sockets open as file descriptors 0, 1 and 2.
 	Stdio map[int]*linux.Socket
 }
@@ -31,7 +34,7 @@ func (s *Snapshot) Detail(p linux.Process) *ProcDetail {
 	}
 	d.Exe, d.ExeErr = s.K.Exe(uint64(p.Mm))
 	d.Env, _ = s.K.Environ(uint64(p.Mm))
-	d.VMAs, _ = s.K.VMAs(uint64(p.Mm), false)
+	d.VMAs, d.VMAErr = s.K.VMAs(uint64(p.Mm), false)
 	if task, err := s.K.Object("task_struct", uint64(p.Task)); err == nil {
 		if files, err := s.K.Files(task); err == nil {
 			for _, f := range files {
@@ -155,6 +158,7 @@ var shells = map[string]bool{"sh": true, "bash": true, "dash": true, "ash": true
 func processAnomalies(s *Snapshot) ([]Finding, error) {
 	user, _, err := userProcesses(s)
 	var out []Finding
+	var vmaErrs []error
 	for _, p := range user {
 		key := fmt.Sprintf("%d", p.PID)
 		ev := func() Evidence { return Evidence{PIDs: []int64{p.PID}, Processes: []string{procLabel(p)}} }
@@ -179,19 +183,37 @@ func processAnomalies(s *Snapshot) ([]Finding, error) {
 					fmt.Sprintf("The program of process %d (%s) was deleted after it started. Attackers delete their tools to hide them; package upgrades also do this, so check the path.", p.PID, d.Exe.Path), e))
 			}
 		}
+		if d.VMAErr != nil && len(vmaErrs) < 8 {
+			vmaErrs = append(vmaErrs, fmt.Errorf("memory maps of process %d (%s): %w", p.PID, p.Comm, d.VMAErr))
+		}
+		var anon []linux.VMA
 		for _, v := range d.VMAs {
-			if v.Flags&linux.VMExec == 0 || v.FileAddr != 0 || v.Special {
-				continue
+			if v.Flags&linux.VMExec != 0 && v.FileAddr == 0 && !v.Special {
+				anon = append(anon, v)
 			}
-			sev, what := Medium, "executable memory that no file backs"
-			if v.Flags&linux.VMWrite != 0 {
-				sev, what = High, "writable and executable memory that no file backs"
+		}
+		if len(anon) > 0 {
+			if rt, proof := jitRuntime(s.K, d); rt != "" {
+				// a JIT compiler's code: one low finding that names the runtime
+				e := ev()
+				e.Addresses = []AddrEvidence{{Role: "mapping", Address: anon[0].Start}}
+				e.Found = fmt.Sprintf("%d anonymous executable mapping(s), %s", len(anon), proof)
+				e.Details = map[string]any{"runtime": rt, "mappings": len(anon)}
+				out = append(out, s.finding("anonymous-executable-memory", fmt.Sprintf("Process %d (%s) runs JIT-compiled code (%s)", p.PID, p.Comm, rt), Low, "T1055", fmt.Sprintf("%d/jit", p.PID),
+					fmt.Sprintf("Process %d (%s) has %d executable mapping(s) without a file; it runs %s (%s), whose JIT compiler puts generated code there. Expected for this runtime; code injected into it would look the same, so look closer if the runtime should not be here.", p.PID, p.Comm, len(anon), rt, proof), e))
+			} else {
+				for _, v := range anon {
+					what := "executable memory that no file backs"
+					if v.Flags&linux.VMWrite != 0 {
+						what = "writable and executable memory that no file backs"
+					}
+					e := ev()
+					e.Addresses = []AddrEvidence{{Role: "mapping", Address: v.Start}}
+					e.Found = fmt.Sprintf("%v-%v %s anonymous", v.Start, v.End, v.Perms())
+					out = append(out, s.finding("anonymous-executable-memory", fmt.Sprintf("Process %d (%s) has %s", p.PID, p.Comm, what), High, "T1055", fmt.Sprintf("%d/%#x", p.PID, uint64(v.Start)),
+						fmt.Sprintf("Process %d (%s) maps %v-%v %s without a file, and it is not a known JIT runtime (Node.js, Java, .NET, browsers, ...): code injected into the process, or a loader that runs code from memory. Dump the mapping and look at it.", p.PID, p.Comm, v.Start, v.End, v.Perms()), e))
+				}
 			}
-			e := ev()
-			e.Addresses = []AddrEvidence{{Role: "mapping", Address: v.Start}}
-			e.Found = fmt.Sprintf("%v-%v %s anonymous", v.Start, v.End, v.Perms())
-			out = append(out, s.finding("anonymous-executable-memory", fmt.Sprintf("Process %d (%s) has %s", p.PID, p.Comm, what), sev, "T1055", fmt.Sprintf("%d/%#x", p.PID, uint64(v.Start)),
-				fmt.Sprintf("Process %d (%s) maps %v-%v %s without a file: code injected into the process, or a JIT compiler (browsers, Java, Node.js). Check which program this is.", p.PID, p.Comm, v.Start, v.End, v.Perms()), e))
 		}
 		if shells[p.Comm] {
 			for fd := 0; fd <= 2; fd++ {
@@ -217,5 +239,78 @@ func processAnomalies(s *Snapshot) ([]Finding, error) {
 			}
 		}
 	}
-	return out, err
+	return out, errors.Join(append([]error{err}, vmaErrs...)...)
+}
+
+// jitRuntimes are the programs whose JIT compilers put generated code in
+// anonymous executable memory, known by their executable or a library
+// they map (base names, a version may follow).
+var jitRuntimes = []struct {
+	name      string
+	exe, libs []string
+}{
+	{"Node.js (V8)", []string{"node", "nodejs"}, []string{"libnode.so"}},
+	{"Java (HotSpot)", nil, []string{"libjvm.so"}},
+	{".NET (CoreCLR)", nil, []string{"libcoreclr.so"}},
+	{"Mono", nil, []string{"libmonosgen-2.0.so", "libmono-2.0.so"}},
+	{"Chromium (V8)", []string{"chromium", "chrome", "electron"}, []string{"libv8.so"}},
+	{"Firefox (SpiderMonkey)", nil, []string{"libxul.so", "libmozjs"}},
+	{"LuaJIT", []string{"luajit"}, []string{"libluajit-5.1.so"}},
+	{"PyPy", []string{"pypy", "pypy3"}, []string{"libpypy-c.so", "libpypy3-c.so", "libpypy3.9-c.so"}},
+	{"Erlang (BEAM JIT)", []string{"beam.smp"}, nil},
+	{"PHP (opcache JIT)", nil, []string{"opcache.so"}},
+	{"Julia", nil, []string{"libjulia.so", "libjulia-internal.so"}},
+	{"QEMU (TCG)", []string{"qemu-system-x86_64", "qemu-system-aarch64", "qemu-system-i386"}, nil},
+}
+
+// trustedFile: a program or library installed by the system: in a system
+// directory, owned by root, not writable by others, not deleted. A program
+// an intruder named "node" in /tmp is not a JIT runtime.
+func trustedFile(f linux.FileInfo) bool {
+	if f.Deleted || f.UID != 0 || f.Mode&0o022 != 0 {
+		return false
+	}
+	for _, dir := range []string{"/usr/", "/opt/", "/lib/", "/lib64/", "/snap/", "/nix/store/"} {
+		if strings.HasPrefix(f.Path, dir) {
+			return true
+		}
+	}
+	return false
+}
+
+// jitRuntime names the JIT runtime a process runs, with the file that
+// proves it, or "".
+func jitRuntime(k *linux.Kernel, d *ProcDetail) (name, proof string) {
+	match := func(base string, names []string, prefix bool) bool {
+		for _, n := range names {
+			if base == n || prefix && strings.HasPrefix(base, n) {
+				return true
+			}
+		}
+		return false
+	}
+	if d.ExeErr == nil && trustedFile(d.Exe) {
+		for _, rt := range jitRuntimes {
+			if match(path.Base(d.Exe.Path), rt.exe, false) {
+				return rt.name, "program " + d.Exe.Path
+			}
+		}
+	}
+	seen := map[linux.Addr]bool{}
+	for _, v := range d.VMAs {
+		if v.Flags&linux.VMExec == 0 || v.FileAddr == 0 || seen[v.FileAddr] || len(seen) > 512 {
+			continue
+		}
+		seen[v.FileAddr] = true
+		f, err := k.FileInfo(uint64(v.FileAddr))
+		if err != nil || !trustedFile(f) {
+			continue
+		}
+		for _, rt := range jitRuntimes {
+			if match(path.Base(f.Path), rt.libs, true) {
+				return rt.name, "library " + f.Path
+			}
+		}
+	}
+	return "", ""
 }

@@ -2,6 +2,7 @@ package detect
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -113,6 +114,21 @@ type Snapshot struct {
 
 	detailMu sync.Mutex
 	details  map[linux.Addr]*ProcDetail
+
+	sitesOnce sync.Once
+	sites     *linux.SiteCheck
+	sitesErr  error
+}
+
+// Sites are the kernel's run-time patch sites with what its mechanisms
+// may write there now (see linux.SiteCheck).
+func (s *Snapshot) Sites() (*linux.SiteCheck, error) {
+	s.sitesOnce.Do(func() {
+		sites, err := s.K.PatchSites()
+		s.sites = s.K.NewSiteCheck(sites)
+		s.sitesErr = errors.Join(err, s.sites.Err())
+	})
+	return s.sites, s.sitesErr
 }
 
 // Processes are the thread group leaders of the task list.

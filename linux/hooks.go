@@ -12,6 +12,10 @@ type FtraceOps struct {
 	Symbol   string   `json:"symbol"`
 	Flags    uint64   `json:"flags"`
 	Attached []string `json:"attached,omitempty"` // functions in its filter
+	// Trampoline is the code ftrace made for this ops (a copy of
+	// ftrace_caller that calls Func directly), which traced functions call.
+	Trampoline     Addr   `json:"trampoline,omitempty"`
+	TrampolineSize uint64 `json:"trampoline_size,omitempty"`
 }
 
 // limits for hook walks
@@ -56,6 +60,9 @@ func (k *Kernel) FtraceOps() ([]FtraceOps, error) {
 		f := &fields{v: v}
 		fn := f.ptr("func")
 		o := FtraceOps{Ops: Addr(cur), Func: Addr(fn), Symbol: k.Syms.Describe(fn), Flags: f.uint("flags")}
+		if opsT.HasField("trampoline") {
+			o.Trampoline, o.TrampolineSize = Addr(f.ptr("trampoline")), f.uint("trampoline_size")
+		}
 		if hp := f.ptr("func_hash"); hp != 0 {
 			if fh, err := k.ReadField("ftrace_ops_hash", hp, "filter_hash"); err == nil {
 				if p, _ := fh.Ptr(); p != 0 {

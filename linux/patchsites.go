@@ -15,7 +15,21 @@ type PatchSite struct {
 	Addr uint64
 	Len  uint64
 	Kind string
+	// Target is where an enabled jump label jumps (its jump_entry's target).
+	Target uint64
 }
+
+// Kinds of patch sites; SiteCheck knows what the kernel writes at each.
+const (
+	SiteJumpLabel    = "jump label"
+	SiteStaticCall   = "static call"
+	SiteStaticTramp  = "static call trampoline"
+	SiteFtrace       = "ftrace"        // a traceable function's call site (dyn_ftrace)
+	SiteFtraceCaller = "ftrace caller" // ftrace_call, ftrace_regs_call: the call of the tracer
+	SiteBPFDispatch  = "bpf dispatcher"
+	SiteKprobe       = "kprobe"
+	SiteRuntimeConst = "runtime constant"
+)
 
 // PatchSites collects the kernel's run-time patch sites from its own
 // tables, sorted by address; the caller must not modify the slice. The
@@ -42,7 +56,7 @@ func (k *Kernel) PatchSites() ([]PatchSite, error) {
 	out := make([]PatchSite, 0, len(sites)+len(kps))
 	out = append(out, sites...)
 	for _, p := range kps {
-		out = append(out, PatchSite{uint64(p.Addr), 5, "kprobe"})
+		out = append(out, PatchSite{Addr: uint64(p.Addr), Len: 5, Kind: SiteKprobe})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Addr < out[j].Addr })
 	return out, nil
@@ -58,10 +72,10 @@ func (k *Kernel) imageSites() (sites []PatchSite, complete bool, err error) {
 			firstErr = err
 		}
 	}
-	js, err := k.relativeSites("__start___jump_table", "__stop___jump_table", "jump_entry", "code", "jump label", 5)
+	js, err := k.relativeSites("__start___jump_table", "__stop___jump_table", "jump_entry", "code", "target", SiteJumpLabel, 5)
 	note(err)
 	out = append(out, js...)
-	sc, err := k.relativeSites("__start_static_call_sites", "__stop_static_call_sites", "static_call_site", "addr", "static call", 5)
+	sc, err := k.relativeSites("__start_static_call_sites", "__stop_static_call_sites", "static_call_site", "addr", "", SiteStaticCall, 6)
 	note(err)
 	out = append(out, sc...)
 	fs, err := k.ftraceSites()
@@ -71,14 +85,21 @@ func (k *Kernel) imageSites() (sites []PatchSite, complete bool, err error) {
 			out = append(out, s)
 		}
 	}
-	// static call trampolines and BPF dispatchers are rewritten whole
+	// the tracer's own call in ftrace_caller and ftrace_regs_caller
+	// (arch/x86/kernel/ftrace_64.S), rewritten by ftrace_update_ftrace_func
+	for _, name := range []string{"ftrace_call", "ftrace_regs_call"} {
+		if a, ok := k.Syms.Lookup(name); ok {
+			out = append(out, PatchSite{Addr: a, Len: 5, Kind: SiteFtraceCaller})
+		}
+	}
+	// static call trampolines (a jump at their start) and BPF dispatchers
+	// (a jump at their start, after endbr64, written by bpf_arch_text_poke)
 	for _, s := range k.Syms.All() {
-		if strings.HasPrefix(s.Name, "__SCT__") || strings.HasPrefix(s.Name, "bpf_dispatcher_") {
-			size := uint64(64)
-			if next, ok := k.Syms.Next(s.Addr); ok && next.Addr-s.Addr < 1<<16 {
-				size = next.Addr - s.Addr
-			}
-			out = append(out, PatchSite{s.Addr, size, "trampoline"})
+		switch {
+		case strings.HasPrefix(s.Name, "__SCT__"):
+			out = append(out, PatchSite{Addr: s.Addr, Len: 5, Kind: SiteStaticTramp})
+		case strings.HasPrefix(s.Name, "bpf_dispatcher_") && strings.HasSuffix(s.Name, "_func"):
+			out = append(out, PatchSite{Addr: s.Addr, Len: 9, Kind: SiteBPFDispatch})
 		}
 	}
 	rc, complete, err := k.runtimeConstSites()
@@ -130,7 +151,7 @@ func (k *Kernel) runtimeConstSites() ([]PatchSite, bool, error) {
 			}
 			at := off + i
 			if at >= 2 && text[at-2]&0xfe == 0x48 && text[at-1]&0xf8 == 0xb8 && len(out) < 4096 {
-				out = append(out, PatchSite{start + uint64(at-2), 10, "runtime constant"})
+				out = append(out, PatchSite{Addr: start + uint64(at-2), Len: 10, Kind: SiteRuntimeConst})
 			}
 			off = at + 1
 		}
@@ -139,8 +160,9 @@ func (k *Kernel) runtimeConstSites() ([]PatchSite, bool, error) {
 }
 
 // relativeSites reads a table of entries whose field holds a 32-bit offset
-// from the field's own address to the patched instruction.
-func (k *Kernel) relativeSites(startSym, stopSym, typ, field, kind string, n uint64) ([]PatchSite, error) {
+// from the field's own address to the patched instruction (and, when
+// targetField is set, another such offset to the site's target).
+func (k *Kernel) relativeSites(startSym, stopSym, typ, field, targetField, kind string, n uint64) ([]PatchSite, error) {
 	start, ok1 := k.Syms.Lookup(startSym)
 	stop, ok2 := k.Syms.Lookup(stopSym)
 	if !ok1 || !ok2 {
@@ -154,6 +176,15 @@ func (k *Kernel) relativeSites(startSym, stopSym, typ, field, kind string, n uin
 	if err != nil {
 		return nil, err
 	}
+	toff := uint64(0)
+	if targetField != "" {
+		if toff, err = t.FieldOffset(targetField); err != nil {
+			return nil, err
+		}
+	}
+	if off+4 > t.Size || toff+4 > t.Size {
+		return nil, fmt.Errorf("%s: members %s/%s lie outside its %d bytes", typ, field, targetField, t.Size)
+	}
 	if stop < start || stop-start > 64<<20 || t.Size == 0 {
 		return nil, fmt.Errorf("%s: implausible table %#x-%#x", typ, start, stop)
 	}
@@ -164,8 +195,12 @@ func (k *Kernel) relativeSites(startSym, stopSym, typ, field, kind string, n uin
 	var out []PatchSite
 	for p := uint64(0); p+t.Size <= uint64(len(b)); p += t.Size {
 		rel := int32(binary.LittleEndian.Uint32(b[p+off:]))
-		a := start + p + off + uint64(int64(rel))
-		out = append(out, PatchSite{a &^ 0, n, kind})
+		site := PatchSite{Addr: start + p + off + uint64(int64(rel)), Len: n, Kind: kind}
+		if targetField != "" {
+			trel := int32(binary.LittleEndian.Uint32(b[p+toff:]))
+			site.Target = start + p + toff + uint64(int64(trel))
+		}
+		out = append(out, site)
 	}
 	return out, nil
 }
@@ -217,7 +252,7 @@ func (k *Kernel) ftraceSites() ([]PatchSite, error) {
 			if _, err := k.AS.ReadAt(b, int64(recs)); err == nil {
 				for i := uint64(0); i < idx; i++ {
 					ip := binary.LittleEndian.Uint64(b[i*recT.Size+ipOff:])
-					out = append(out, PatchSite{ip, 5, "ftrace"})
+					out = append(out, PatchSite{Addr: ip, Len: 5, Kind: SiteFtrace})
 				}
 			}
 		}

@@ -128,10 +128,17 @@ func (k *Kernel) HandlerFits(e SyscallEntry) (bool, string) {
 	return true, ""
 }
 
-// CallTargets decodes a kernel function and returns the targets of its
-// direct calls and jumps (x64_sys_call dispatches system calls this way
-// since Linux 6.9 and in the stable kernels that took the change).
-func (k *Kernel) CallTargets(fn string) ([]uint64, error) {
+// Call is a direct call or jump in kernel code: where it is and where it
+// goes.
+type Call struct {
+	At, Target uint64
+	Len        int
+}
+
+// CallTargets decodes a kernel function and returns its direct calls and
+// jumps out of it (x64_sys_call dispatches system calls this way since
+// Linux 6.9 and in the stable kernels that took the change).
+func (k *Kernel) CallTargets(fn string) ([]Call, error) {
 	sym, ok := k.Syms.Get(fn)
 	if !ok {
 		return nil, fmt.Errorf("kernel symbol %s not found", fn)
@@ -147,7 +154,7 @@ func (k *Kernel) CallTargets(fn string) ([]uint64, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []uint64
+	var out []Call
 	for pc := 0; pc < len(code); {
 		inst, err := DecodeInsn(code[pc:])
 		if err != nil || inst.Len == 0 {
@@ -158,7 +165,7 @@ func (k *Kernel) CallTargets(fn string) ([]uint64, error) {
 			if rel, ok := inst.Args[0].(x86asm.Rel); ok {
 				t := sym.Addr + uint64(pc) + uint64(inst.Len) + uint64(int64(rel))
 				if t < sym.Addr || t >= sym.Addr+size { // calls and tail jumps out of the function
-					out = append(out, t)
+					out = append(out, Call{At: sym.Addr + uint64(pc), Target: t, Len: inst.Len})
 				}
 			}
 		}
