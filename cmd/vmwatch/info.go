@@ -38,6 +38,10 @@ type infoOut struct {
 	Types         int                 `json:"types"`
 	TypeSource    string              `json:"type_source"`
 	BTFBytes      int                 `json:"btf_bytes,omitempty"`
+	BTFAddr       linux.Addr          `json:"btf_address,omitempty"`
+	// Namespaces are the guest's first namespaces (init's): a process or
+	// socket in another one belongs to a container or an ip netns.
+	Namespaces *linux.InitNamespaces `json:"namespaces,omitempty"`
 	Steps         []stepOut           `json:"bootstrap"`
 	BootstrapMs   float64             `json:"bootstrap_ms"`
 	PausedMs      *float64            `json:"paused_ms,omitempty"`
@@ -63,6 +67,10 @@ func newInfoCmd(g *globalFlags) *cobra.Command {
 					PagingLevels: k.Loc.Levels, FoundBy: k.Loc.Source,
 					Symbols: k.Syms.Len(), SymbolSource: k.Syms.Source, Kallsyms: k.Kallsyms,
 					Types: k.Types.Count(), TypeSource: k.Types.Source(), BTFBytes: k.BTFSize,
+					BTFAddr: linux.Addr(k.BTFAddr),
+				}
+				if ns, err := k.InitNamespaces(); err == nil {
+					o.Namespaces = &ns
 				}
 				var total time.Duration
 				for _, st := range k.Steps {
@@ -97,7 +105,14 @@ func newInfoCmd(g *globalFlags) *cobra.Command {
 				if o.Kallsyms != nil {
 					row(tw, "kallsyms:", fmt.Sprintf("layout %s, token table at %v", o.Kallsyms.Layout, o.Kallsyms.TokenTable))
 				}
-				row(tw, "types:", fmt.Sprintf("%d from %s (%s)", o.Types, o.TypeSource, human(uint64(o.BTFBytes))))
+				if o.BTFBytes > 0 {
+					row(tw, "types:", fmt.Sprintf("%d from %s at %v (%s)", o.Types, o.TypeSource, o.BTFAddr, human(uint64(o.BTFBytes))))
+				} else {
+					row(tw, "types:", fmt.Sprintf("%d from %s", o.Types, o.TypeSource))
+				}
+				if o.Namespaces != nil {
+					row(tw, "namespaces:", fmt.Sprintf("pid:[%d] net:[%d] mnt:[%d] (init's)", o.Namespaces.PID, o.Namespaces.Net, o.Namespaces.Mnt))
+				}
 				var st []string
 				for _, x := range o.Steps {
 					st = append(st, fmt.Sprintf("%s %.1f ms", x.Name, x.Ms))

@@ -51,7 +51,7 @@ func newStatsCmd(g *globalFlags) *cobra.Command {
 			}
 			o := v.(*statsOut)
 			return emit(os.Stdout, g.output, o, func(tw *tabwriter.Writer) {
-				row(tw, "memory:", fmt.Sprintf("%s total, %s free, %s available, %s cached", human(o.MemTotal), human(o.MemFree), human(o.MemAvailable), human(o.Cached)))
+				row(tw, "memory:", fmt.Sprintf("%s total, %s free, %s available, %s buffers, %s cached", human(o.MemTotal), human(o.MemFree), human(o.MemAvailable), human(o.Buffers), human(o.Cached)))
 				row(tw, "load:", fmt.Sprintf("%.2f %.2f %.2f (%d running, %d tasks)", o.Load[0], o.Load[1], o.Load[2], o.Running, o.Threads))
 				row(tw, "uptime:", fmt.Sprintf("%s (booted %s)", (time.Duration(o.Uptime)*time.Second).String(), time.Unix(int64(o.BootTime), 0).UTC().Format(time.RFC3339)))
 				tw.Flush()

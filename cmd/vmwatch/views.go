@@ -41,32 +41,67 @@ func newPsCmd(g *globalFlags) *cobra.Command {
 		Short: "List processes (from the kernel's task list)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var init linux.InitNamespaces
 			ps, err := readList(cmd, g, "process list", func(k *linux.Kernel) ([]linux.Process, error) {
+				init, _ = k.InitNamespaces()
 				return k.Processes(linux.PSOptions{Threads: threads})
 			})
 			if err != nil {
 				return err
 			}
 			linux.SortProcesses(ps)
-			return emit(os.Stdout, g.output, ps, func(tw *tabwriter.Writer) {
-				if threads {
-					row(tw, "TGID", "PID", "PPID", "UID", "GID", "EUID", "STATE", "START", "COMM", "COMMAND")
-				} else {
-					row(tw, "PID", "PPID", "UID", "GID", "EUID", "STATE", "START", "THR", "COMM", "COMMAND")
+			// processes in PID namespaces of their own, and containers, get
+			// columns of their own when there are any
+			nsCols := false
+			for _, p := range ps {
+				if p.PIDNS != 0 && p.PIDNS != init.PID || p.Container != nil {
+					nsCols = true
 				}
+			}
+			return emit(os.Stdout, g.output, ps, func(tw *tabwriter.Writer) {
+				head := []any{"PID", "PPID", "UID", "GID", "EUID", "STATE", "START", "THR"}
+				if threads {
+					head = []any{"TGID", "PID", "PPID", "UID", "GID", "EUID", "STATE", "START"}
+				}
+				if nsCols {
+					head = append(head, "NSPID", "CONTAINER")
+				}
+				row(tw, append(head, "COMM", "COMMAND")...)
 				for _, p := range ps {
-					cl := commandLine(p)
+					cells := []any{p.PID, p.PPID, p.UID, p.GID, p.EUID, p.State, startTime(p.StartTime), p.Threads}
 					if threads {
-						row(tw, p.TGID, p.PID, p.PPID, p.UID, p.GID, p.EUID, p.State, startTime(p.StartTime), p.Comm, cl)
-					} else {
-						row(tw, p.PID, p.PPID, p.UID, p.GID, p.EUID, p.State, startTime(p.StartTime), p.Threads, p.Comm, cl)
+						cells = []any{p.TGID, p.PID, p.PPID, p.UID, p.GID, p.EUID, p.State, startTime(p.StartTime)}
 					}
+					if nsCols {
+						cells = append(cells, nsPID(p, init), containerName(p.Container))
+					}
+					row(tw, append(cells, p.Comm, commandLine(p))...)
 				}
 			})
 		},
 	}
 	cmd.Flags().BoolVar(&threads, "threads", false, "list every thread, not only processes")
 	return cmd
+}
+
+// nsPID is a process's pid inside its own PID namespace, "-" in the
+// guest's first one.
+func nsPID(p linux.Process, init linux.InitNamespaces) string {
+	if p.PIDNS == 0 || p.PIDNS == init.PID {
+		return "-"
+	}
+	return strconv.FormatInt(p.NSPID, 10)
+}
+
+func containerName(c *linux.Container) string {
+	if c == nil {
+		return "-"
+	}
+	id := c.ID
+	if len(id) == 64 {
+		id = id[:12]
+	}
+	return c.Runtime + ":" + id
 }
 
 func commandLine(p linux.Process) string {
@@ -205,12 +240,28 @@ func newSocketsCmd(g *globalFlags) *cobra.Command {
 		Short: "List open sockets with their owning processes",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ss, err := readList(cmd, g, "socket list", (*linux.Kernel).Sockets)
+			var init linux.InitNamespaces
+			ss, err := readList(cmd, g, "socket list", func(k *linux.Kernel) ([]linux.Socket, error) {
+				init, _ = k.InitNamespaces()
+				return k.Sockets()
+			})
 			if err != nil {
 				return err
 			}
+			// sockets of other network namespaces (containers, ip netns)
+			// are marked as such, never shown as the guest's own
+			netCol := false
+			for _, s := range ss {
+				if s.NetNS != 0 && s.NetNS != init.Net {
+					netCol = true
+				}
+			}
 			return emit(os.Stdout, g.output, ss, func(tw *tabwriter.Writer) {
-				row(tw, "PROTO", "LOCAL", "REMOTE", "STATE", "INODE", "PIDS")
+				head := []any{"PROTO", "LOCAL", "REMOTE", "STATE", "INODE", "PIDS"}
+				if netCol {
+					head = append(head, "NETNS")
+				}
+				row(tw, head...)
 				for _, s := range ss {
 					local, remote := endpoint(s.LocalAddr, s.LocalPort), endpoint(s.RemoteAddr, s.RemotePort)
 					if s.Protocol == "unix" {
@@ -224,7 +275,18 @@ func newSocketsCmd(g *globalFlags) *cobra.Command {
 					if s.Family == "inet6" {
 						proto += "6"
 					}
-					row(tw, proto, dash(local), dash(remote), s.State, s.Inode, strings.Join(pids, ","))
+					if s.Protocol == "netlink" {
+						local = fmt.Sprintf("%s:%d", s.LocalAddr, s.PortID)
+					}
+					cells := []any{proto, dash(local), dash(remote), s.State, s.Inode, strings.Join(pids, ",")}
+					if netCol {
+						ns := "host"
+						if s.NetNS != init.Net {
+							ns = strconv.FormatUint(s.NetNS, 10)
+						}
+						cells = append(cells, ns)
+					}
+					row(tw, cells...)
 				}
 			})
 		},
