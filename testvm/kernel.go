@@ -23,6 +23,7 @@ type Kernel struct {
 	Release string // 6.1.0-56-amd64
 	Vmlinuz string
 	Root    string // unpacked package
+	Deb     string // the package file, kept in the cache
 }
 
 // ModulePath returns the path of a module of this kernel (".ko" or ".ko.xz").
@@ -93,10 +94,11 @@ func FetchKernel(series string) (*Kernel, error) {
 	root := filepath.Join(dir, pkg)
 	k := &Kernel{Series: series, Package: pkg, Release: release, Root: root,
 		Vmlinuz: filepath.Join(root, "boot", "vmlinuz-"+release)}
-	if _, err := os.Stat(k.Vmlinuz); err == nil {
+	debs, _ := filepath.Glob(filepath.Join(dir, pkg+"_*.deb"))
+	if _, err := os.Stat(k.Vmlinuz); err == nil && len(debs) > 0 {
+		k.Deb = debs[0]
 		return k, nil
 	}
-	debs, _ := filepath.Glob(filepath.Join(dir, pkg+"_*.deb"))
 	if len(debs) == 0 {
 		cmd := exec.Command("apt-get", "download", pkg)
 		cmd.Dir = dir
@@ -107,6 +109,10 @@ func FetchKernel(series string) (*Kernel, error) {
 		if len(debs) == 0 {
 			return nil, fmt.Errorf("apt-get download %s left no .deb in %s", pkg, dir)
 		}
+	}
+	k.Deb = debs[0]
+	if _, err := os.Stat(k.Vmlinuz); err == nil {
+		return k, nil
 	}
 	tmp := root + ".tmp"
 	os.RemoveAll(tmp)

@@ -60,6 +60,14 @@ type Config struct {
 	// of creating a transient one, so that it keeps its checkpoints across
 	// restarts; Stop undefines it.
 	Persistent bool
+	// System boots the real Debian system image (EnsureSystemImage) from a
+	// copy-on-write overlay instead of the busybox initramfs: systemd and
+	// its services, with the distribution's own initramfs, a NIC on QEMU's
+	// user network with restrict=on (DHCP, no route out). Files are
+	// unpacked into it (from a tar on a second disk, vdb) and InitExtra
+	// runs in its shell once systemd has started everything. Modules are
+	// not used: udev loads what the system needs. Defaults: 2 GiB, 2 vCPUs.
+	System bool
 }
 
 // Disk is a disk image of a libvirt test guest.
@@ -147,9 +155,15 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	}
 	if cfg.MemoryMB == 0 {
 		cfg.MemoryMB = 512
+		if cfg.System {
+			cfg.MemoryMB = 2048
+		}
 	}
 	if cfg.CPUs == 0 {
 		cfg.CPUs = 1
+		if cfg.System {
+			cfg.CPUs = 2
+		}
 	}
 	if cfg.Machine == "" {
 		cfg.Machine = "q35"
@@ -159,6 +173,9 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	}
 	if cfg.BootTimeout == 0 {
 		cfg.BootTimeout = 90 * time.Second
+		if cfg.System {
+			cfg.BootTimeout = 300 * time.Second
+		}
 	}
 	vm := &VM{Config: cfg}
 	if vm.Dir == "" {
@@ -172,6 +189,19 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	vm.ControlPath = filepath.Join(vm.Dir, "control.sock")
 	vm.SerialPath = filepath.Join(vm.Dir, "shell.sock")
 	vm.ConsoleLog = filepath.Join(vm.Dir, "console.log")
+	if cfg.MemFile != "" {
+		os.WriteFile(filepath.Join(vm.Dir, "memfile"), []byte(cfg.MemFile+"\n"), 0o644)
+	}
+	if cfg.System {
+		if cfg.Libvirt || cfg.GuestAgent {
+			return nil, errors.New("testvm: system guests run under plain QEMU (no libvirt, no guest agent yet)")
+		}
+		if err := vm.bootSystem(ctx); err != nil {
+			vm.Stop()
+			return nil, err
+		}
+		return vm, nil
+	}
 	initrd := filepath.Join(vm.Dir, "initrd.cpio")
 	if cfg.GuestAgent {
 		files, err := agentFiles()
@@ -196,9 +226,6 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cfg.MemFile != "" {
-		os.WriteFile(filepath.Join(vm.Dir, "memfile"), []byte(cfg.MemFile+"\n"), 0o644)
-	}
 	if cfg.Libvirt {
 		if err := vm.bootLibvirt(ctx, initrd); err != nil {
 			vm.Stop()
@@ -206,30 +233,88 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 		}
 		return vm, nil
 	}
-	accel := cfg.Accel
-	if accel == "" {
-		accel = os.Getenv("VMWATCH_ACCEL")
-	}
-	if accel == "" {
-		accel = probeAccel(ctx, cfg.Kernel)
-	}
-	if err := vm.boot(ctx, accel, initrd); err != nil {
+	accel := vm.accel(ctx)
+	if err := vm.boot(ctx, accel, vm.qemuArgs(accel, vm.Kernel.Vmlinuz, initrd, "console=ttyS1 panic=-1 loglevel=7")); err != nil {
 		vm.Stop()
 		return nil, err
 	}
 	return vm, nil
 }
 
-func (vm *VM) qemuArgs(accel, initrd string) []string {
+func (vm *VM) accel(ctx context.Context) string {
+	if vm.Config.Accel != "" {
+		return vm.Config.Accel
+	}
+	if a := os.Getenv("VMWATCH_ACCEL"); a != "" {
+		return a
+	}
+	return probeAccel(ctx, vm.Kernel)
+}
+
+// bootSystem boots the Debian system image: an overlay of the cached
+// image, the image's own kernel and initramfs of the release under test.
+func (vm *VM) bootSystem(ctx context.Context) error {
+	im, err := EnsureSystemImage()
+	if err != nil {
+		return err
+	}
+	vmlinuz, initrd, err := im.Boot(vm.Kernel.Release)
+	if err != nil {
+		return err
+	}
+	overlay := filepath.Join(vm.Dir, "root.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", im.Disk, "-F", "raw", overlay).CombinedOutput(); err != nil {
+		return fmt.Errorf("qemu-img create overlay of %s: %v: %s", im.Disk, err, out)
+	}
+	tarDisk := filepath.Join(vm.Dir, "files.tar")
+	if err := filesTar(tarDisk, vm.Files); err != nil {
+		return err
+	}
+	accel := vm.accel(ctx)
+	args := vm.qemuArgs(accel, vmlinuz, initrd, "root=/dev/vda rw console=ttyS1 panic=-1 loglevel=6")
+	args = append(args,
+		"-drive", "file="+overlay+",if=virtio,format=qcow2,cache=unsafe",
+		"-drive", "file="+tarDisk+",if=virtio,format=raw,readonly=on",
+		"-netdev", "user,id=net0,restrict=on", "-device", "virtio-net-pci,netdev=net0")
+	if err := vm.boot(ctx, accel, args); err != nil {
+		return err
+	}
+	// systemd has finished when is-system-running stops saying "starting"
+	deadline := time.Now().Add(vm.BootTimeout)
+	var st string
+	for time.Now().Before(deadline) {
+		st, _ = vm.RunTimeout("systemctl is-system-running --wait", time.Until(deadline))
+		if st = strings.TrimSpace(st); st != "starting" && st != "initializing" && st != "" {
+			break
+		}
+	}
+	if st != "running" {
+		failed, _ := vm.Run("systemctl --failed --no-legend --plain; journalctl -b -p err --no-pager | tail -n 20")
+		return fmt.Errorf("system guest %s (%s): systemd says %q, not running; %s", vm.Name, vm.Kernel.Release, st, strings.TrimSpace(failed))
+	}
+	if len(vm.Files) > 0 {
+		if out, err := vm.Run("tar -xf /dev/vdb -C / --no-same-owner"); err != nil {
+			return fmt.Errorf("system guest %s: unpack files: %v: %s", vm.Name, err, out)
+		}
+	}
+	if strings.TrimSpace(vm.InitExtra) != "" {
+		if out, err := vm.RunTimeout(vm.InitExtra, 2*time.Minute); err != nil {
+			return fmt.Errorf("system guest %s: start the workload: %v: %s", vm.Name, err, out)
+		}
+	}
+	return nil
+}
+
+func (vm *VM) qemuArgs(accel, kernel, initrd, cmdline string) []string {
 	machine := vm.Machine
 	args := []string{
 		"-name", vm.Name,
 		"-accel", accel,
 		"-smp", strconv.Itoa(vm.CPUs),
 		"-m", fmt.Sprintf("%dM", vm.MemoryMB),
-		"-kernel", vm.Kernel.Vmlinuz,
+		"-kernel", kernel,
 		"-initrd", initrd,
-		"-append", strings.TrimSpace("console=ttyS1 panic=-1 loglevel=7 " + vm.Cmdline),
+		"-append", strings.TrimSpace(cmdline + " " + vm.Cmdline),
 		"-display", "none", "-nodefaults", "-no-reboot",
 		"-qmp", "unix:" + vm.QMPPath + ",server=on,wait=off",
 		"-qmp", "unix:" + vm.ControlPath + ",server=on,wait=off",
@@ -247,9 +332,9 @@ func (vm *VM) qemuArgs(accel, initrd string) []string {
 	return append(args, "-machine", machine)
 }
 
-func (vm *VM) boot(ctx context.Context, accel, initrd string) error {
+func (vm *VM) boot(ctx context.Context, accel string, args []string) error {
 	vm.Accel = accel
-	vm.cmd = exec.Command("qemu-system-x86_64", vm.qemuArgs(accel, initrd)...)
+	vm.cmd = exec.Command("qemu-system-x86_64", args...)
 	logf, err := os.Create(filepath.Join(vm.Dir, "qemu.log"))
 	if err != nil {
 		return err
@@ -421,6 +506,9 @@ func StopDir(dir string) error {
 	return os.RemoveAll(dir)
 }
 
+// maxShellLine bounds a command line sent to the guest's tty.
+const maxShellLine = 4000
+
 // Shell is the serial shell of a guest.
 type Shell struct {
 	conn net.Conn
@@ -470,6 +558,11 @@ func (s *Shell) Run(command string, d time.Duration) (string, error) {
 	// QEMU's UART holds the last bytes of a short input in its receive FIFO
 	// until more arrive; blank lines behind the command push it through.
 	line := fmt.Sprintf("echo %s; ( %s ) 2>&1; echo \"%s $?\"\n%s", begin, command, end, strings.Repeat("\n", 32))
+	// the guest's tty reads a line of at most 4095 bytes (N_TTY): a longer
+	// one is cut, and a cut quote leaves the shell unusable
+	if n := strings.IndexByte(line, '\n'); n > maxShellLine {
+		return "", fmt.Errorf("guest command of %d bytes is longer than the serial shell's %d-byte line: put data in the guest's Files instead", n, maxShellLine)
+	}
 	if _, err := s.conn.Write([]byte(line)); err != nil {
 		return "", err
 	}

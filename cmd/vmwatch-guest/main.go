@@ -4,6 +4,8 @@
 //
 //	vmwatch-guest start [--kernel 6.1|6.12] [--dir DIR] [--memory MB] [--memfile PATH]
 //	                    [--libvirt [--disk MB]]   (a persistent libvirt domain with a qcow2 data disk)
+//	                    [--system]                (the real Debian system image instead of busybox)
+//	vmwatch-guest image                           (build the cached Debian system image)
 //	vmwatch-guest stop --dir DIR
 //	vmwatch-guest run --dir DIR 'COMMAND'   (a command in the guest's shell)
 package main
@@ -34,14 +36,26 @@ func main() {
 	lvirt := fs.Bool("libvirt", false, "run the guest as a persistent libvirt domain named --name (qemu:///system)")
 	disk := fs.Int("disk", 0, "with --libvirt: a qcow2 data disk of this many MiB (vda in the guest)")
 	agent := fs.Bool("agent", false, "with --libvirt: run the host's QEMU guest agent (qemu-ga) in the guest")
+	system := fs.Bool("system", false, "boot the real Debian 12 system image (systemd, sshd, nginx, ...) instead of the busybox initramfs")
 	fs.Parse(os.Args[2:])
 	switch os.Args[1] {
+	case "image":
+		// build (or find) the cached system image, as `make deps` does
+		im, err := testvm.EnsureSystemImage()
+		check(err)
+		fmt.Printf("system image: %s\n", im.Disk)
+		for _, k := range im.Kernels {
+			fmt.Printf("  kernel %s\n", k.Release)
+		}
 	case "start":
 		k, err := testvm.FetchKernel(*series)
 		check(err)
 		check(os.MkdirAll(*dir, 0o755))
 		cfg := testvm.Config{
-			Kernel: k, Name: *name, MemoryMB: *mem, MemFile: *memfile, Dir: *dir, Detach: true, CPUModel: *cpu,
+			Kernel: k, Name: *name, MemoryMB: *mem, MemFile: *memfile, Dir: *dir, Detach: true, CPUModel: *cpu, System: *system,
+		}
+		if *system && *mem == 512 {
+			cfg.MemoryMB = 2048
 		}
 		if *lvirt {
 			check(testvm.EnsureLibvirtd())
@@ -67,7 +81,7 @@ func main() {
 			vm.Release()
 			return
 		}
-		fmt.Printf("guest %s running: kernel %s, %d MiB, %s, QEMU pid %d\n", *name, k.Release, *mem, vm.Accel, vm.PID())
+		fmt.Printf("guest %s running: kernel %s, %d MiB, %s, QEMU pid %d\n", *name, k.Release, vm.MemoryMB, vm.Accel, vm.PID())
 		vm.Release()
 		fmt.Printf("  QMP socket:   %s\n  serial shell: %s\n  console log:  %s\n", vm.QMPPath, vm.SerialPath, vm.ConsoleLog)
 		fmt.Printf("  stop it with: vmwatch-guest stop --dir %s\n", *dir)
@@ -88,7 +102,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: vmwatch-guest start|stop|run [flags]")
+	fmt.Fprintln(os.Stderr, "usage: vmwatch-guest start|stop|run|image [flags]")
 	os.Exit(2)
 }
 
