@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -16,9 +15,7 @@ import (
 
 	"github.com/vmwatch/vmwatch/detect"
 	"github.com/vmwatch/vmwatch/linux"
-	"github.com/vmwatch/vmwatch/target"
 	"github.com/vmwatch/vmwatch/testvm"
-	"golang.org/x/arch/x86/x86asm"
 )
 
 // attackFiles are built once per kernel: the test rootkit and the static
@@ -41,7 +38,14 @@ func attackFiles(t *testing.T, k *testvm.Kernel) map[string][]byte {
 	}
 	b, _ := os.ReadFile(ko)
 	files["/opt/vmw_rootkit.ko"] = b
-	for _, h := range []string{"fakekthread", "memfdexec"} {
+	ko, err = k.BuildModule("../attacks/layout", filepath.Join(dir, "layout"), "vmw_layout")
+	if err != nil {
+		attackBuild.Store(k.Series, err)
+		t.Fatal(err)
+	}
+	b, _ = os.ReadFile(ko)
+	files["/opt/vmw_layout.ko"] = b
+	for _, h := range []string{"fakekthread", "memfdexec", "anonexec", "bpfkprobe", "forgeps"} {
 		out := filepath.Join(dir, h)
 		if err := testvm.BuildStatic("../attacks/helpers/"+h+".c", out); err != nil {
 			attackBuild.Store(k.Series, err)
@@ -73,7 +77,13 @@ func attackGuest(t *testing.T, series, kind string) *testvm.VM {
 // check runs vmwatch check and returns its findings.
 func check(t *testing.T, vm *testvm.VM, extra ...string) []detect.Finding {
 	t.Helper()
-	args := append([]string{"check", "-o", "json", "-t", "qmp:" + vm.QMPPath}, extra...)
+	return checkTarget(t, "qmp:"+vm.QMPPath, extra...)
+}
+
+// checkTarget runs vmwatch check on any target.
+func checkTarget(t *testing.T, target string, extra ...string) []detect.Finding {
+	t.Helper()
+	args := append([]string{"check", "-o", "json", "-t", target}, extra...)
 	out, stderr, err := vmwatchRun(args...)
 	if err != nil && exitCode(err) != 1 {
 		t.Fatalf("vmwatch check: %v: %s", err, stderr)
@@ -144,7 +154,8 @@ func hasPID(pid int64) func(detect.Finding) bool {
 // or containing the pattern.
 func guestPID(t *testing.T, vm *testvm.VM, pattern string) int64 {
 	t.Helper()
-	out, err := vm.Run("ps -o pid,args")
+	// from /proc: busybox's ps and procps's take different options
+	out, err := vm.Run(`for d in /proc/[0-9]*; do a=$(tr '\0' ' ' < $d/cmdline 2>/dev/null); [ -n "$a" ] && echo "${d#/proc/} $a"; done; true`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +167,7 @@ func guestPID(t *testing.T, vm *testvm.VM, pattern string) int64 {
 			continue
 		}
 		args := strings.TrimSpace(f[1])
-		if (exact && args == pattern) || (!exact && strings.Contains(args, pattern) && !strings.Contains(args, "ps -o")) {
+		if (exact && args == pattern) || (!exact && strings.Contains(args, pattern) && !strings.Contains(args, "/proc/[0-9]")) {
 			if pid, err := strconv.ParseInt(f[0], 10, 64); err == nil {
 				return pid
 			}
@@ -166,181 +177,97 @@ func guestPID(t *testing.T, vm *testvm.VM, pattern string) int64 {
 	return 0
 }
 
-// memEditor writes guest memory through the guest's memory file, as a
-// kernel exploit would write it from inside: test code only.
-type memEditor struct {
-	t   *testing.T
-	vm  *testvm.VM
-	k   *linux.Kernel
-	tg  *target.Target
-	mem *os.File
-}
-
-func newMemEditor(t *testing.T, vm *testvm.VM) *memEditor {
-	tg, err := target.Open(context.Background(), "memfile:"+vm.MemFile, target.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := linux.Open(tg.Mem, linux.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.OpenFile(vm.MemFile, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close(); tg.Close() })
-	return &memEditor{t: t, vm: vm, k: k, tg: tg, mem: f}
-}
-
-// write stores b at a kernel virtual address (the 512 MiB guest's file
-// offset is its physical address) and returns the undo.
-func (e *memEditor) write(va uint64, b []byte) func() {
-	e.t.Helper()
-	e.k.Flush()
-	m, err := e.k.AS.Translate(va)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	old := make([]byte, len(b))
-	if _, err := e.mem.ReadAt(old, int64(m.Phys)); err != nil {
-		e.t.Fatal(err)
-	}
-	if _, err := e.mem.WriteAt(b, int64(m.Phys)); err != nil {
-		e.t.Fatal(err)
-	}
-	return func() { e.mem.WriteAt(old, int64(m.Phys)) }
-}
-
-func (e *memEditor) write64(va, v uint64) func() {
-	b := make([]byte, 8)
-	binary.LittleEndian.PutUint64(b, v)
-	return e.write(va, b)
-}
-
-func (e *memEditor) u64(va uint64) uint64 {
-	e.k.Flush()
-	v, err := e.k.Uint64(va)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return v
-}
-
-// paused runs fn with the guest's vCPUs stopped.
-func (e *memEditor) paused(fn func()) {
-	if _, err := e.vm.QMP("stop", nil); err != nil {
-		e.t.Fatal(err)
-	}
-	defer e.vm.QMP("cont", nil)
-	fn()
-}
-
-func (e *memEditor) offset(typ, field string) uint64 {
-	st, err := e.k.Types.Struct(typ)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	o, err := st.FieldOffset(field)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return o
-}
-
-// unlink removes a node from a circular list and points it at itself,
-// as list_del_init does; it returns the undo.
-func (e *memEditor) unlink(node uint64) func() {
-	next, prev := e.u64(node), e.u64(node+8)
-	undo := []func(){e.write64(prev, next), e.write64(next+8, prev), e.write64(node, node), e.write64(node+8, node)}
-	return func() {
-		for i := len(undo) - 1; i >= 0; i-- {
-			undo[i]()
-		}
-	}
-}
-
-func (e *memEditor) task(pid int64) linux.Process {
-	e.k.Flush()
-	ps, err := e.k.Processes(linux.PSOptions{NoCmdline: true})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	for _, p := range ps {
-		if p.PID == pid {
-			return p
-		}
-	}
-	e.t.Fatalf("pid %d not in the task list", pid)
-	return linux.Process{}
-}
-
-func (e *memEditor) module(name string) linux.Module {
-	ms, err := e.k.Modules()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	for _, m := range ms {
-		if m.Name == name {
-			return m
-		}
-	}
-	e.t.Fatalf("module %s not loaded", name)
-	return linux.Module{}
-}
-
 // TestAttacksOnMemory: each attack done by writing guest memory (the way a
 // kernel exploit would) produces its finding with the right pid, module or
 // symbol, and no other high or critical finding; undone, the guest is clean.
 func TestAttacksOnMemory(t *testing.T) {
 	forEachKernel(t, func(t *testing.T, series string) {
 		vm := attackGuest(t, series, "mem")
-		e := newMemEditor(t, vm)
-		base := filepath.Join(t.TempDir(), "baseline")
-		expectClean(t, check(t, vm, "--baseline", base)) // records the baseline
-		expectClean(t, check(t, vm, "--baseline", base))
+		memoryAttacks(t, vm, series, "sleep 1000002", "sleep 1000001", true)
+	})
+}
 
-		t.Run("unlink a task", func(t *testing.T) {
-			pid := guestPID(t, vm, "sleep 1000002")
-			p := e.task(pid)
-			var undo func()
-			e.paused(func() { undo = e.unlink(uint64(p.Task) + e.offset("task_struct", "tasks")) })
-			expectFindings(t, check(t, vm), map[string]func(detect.Finding) bool{"hidden-process": hasPID(pid)})
-			e.paused(undo)
-			expectClean(t, check(t, vm))
+// memoryAttacks plants each memory attack with the planter (knowledge from
+// the guest's /proc/kallsyms and the vmw_layout module, not from vmwatch),
+// checks the finding and undoes it. hide and cred are the command lines of
+// two expendable processes; otherBoot also compares with a baseline
+// recorded on the same kernel booted without KASLR.
+func memoryAttacks(t *testing.T, vm *testvm.VM, series, hide, cred string, otherBoot bool) {
+	p := newPlanter(t, vm)
+	base := filepath.Join(t.TempDir(), "baseline")
+	expectClean(t, check(t, vm, "--baseline", base)) // records the baseline
+	expectClean(t, check(t, vm, "--baseline", base))
+
+	t.Run("unlink a task", func(t *testing.T) {
+		pid := guestPID(t, vm, "^"+hide+"$")
+		o := p.layout([]int64{pid}, "")
+		tag := "/" + strconv.FormatInt(pid, 10)
+		var undo func()
+		p.paused(func() {
+			undo = p.unlink(p.need(o, "task_tasks"+tag), p.need(o, "task_tasks_next"+tag), p.need(o, "task_tasks_prev"+tag))
 		})
-		t.Run("unlink a module", func(t *testing.T) {
-			m := e.module("dummy")
-			var undo func()
-			e.paused(func() { undo = e.unlink(uint64(m.Addr) + e.offset("module", "list")) })
-			expectFindings(t, check(t, vm), map[string]func(detect.Finding) bool{"hidden-module": func(f detect.Finding) bool {
-				return len(f.Evidence.Modules) == 1 && f.Evidence.Modules[0] == "dummy" && f.Severity == detect.Critical
-			}})
-			e.paused(undo)
-			expectClean(t, check(t, vm))
+		expectFindings(t, check(t, vm), map[string]func(detect.Finding) bool{"hidden-process": hasPID(pid)})
+		p.paused(undo)
+		expectClean(t, check(t, vm))
+	})
+	t.Run("unlink a module", func(t *testing.T) {
+		o := p.layout(nil, "dummy")
+		var undo func()
+		p.paused(func() {
+			undo = p.unlink(p.need(o, "module_list/0"), p.need(o, "module_list_next/0"), p.need(o, "module_list_prev/0"))
 		})
-		t.Run("redirect a system call", func(t *testing.T) {
-			table, _ := e.k.Syms.Lookup("sys_call_table")
-			m := e.module("dummy")
-			var undo func()
-			e.paused(func() { undo = e.write64(table+62*8, uint64(m.Base)+0x10) }) // kill(2)
-			expectFindings(t, check(t, vm), map[string]func(detect.Finding) bool{"syscall-table-hook": func(f detect.Finding) bool {
-				nr, _ := f.Evidence.Details["nr"].(float64)
-				return nr == 62 && len(f.Evidence.Modules) == 1 && f.Evidence.Modules[0] == "dummy"
-			}})
-			e.paused(undo)
-			expectClean(t, check(t, vm))
-		})
-		t.Run("patch kernel code", func(t *testing.T) {
-			fn, _ := e.k.Syms.Lookup("__x64_sys_acct") // acct(2): never called in the test guest
-			var undo func()
-			e.paused(func() { undo = e.write(fn+0x18, []byte{0xcc, 0xcc, 0xcc}) })
-			expectFindings(t, check(t, vm, "--baseline", base), map[string]func(detect.Finding) bool{"kernel-code-modified": func(f detect.Finding) bool {
-				return len(f.Evidence.Addresses) > 0 && strings.HasPrefix(f.Evidence.Addresses[0].Symbol, "__x64_sys_acct+")
-			}})
-			e.paused(undo)
-			expectClean(t, check(t, vm, "--baseline", base))
-		})
+		expectFindings(t, check(t, vm), map[string]func(detect.Finding) bool{"hidden-module": func(f detect.Finding) bool {
+			return len(f.Evidence.Modules) == 1 && f.Evidence.Modules[0] == "dummy" && f.Severity == detect.Critical
+		}})
+		p.paused(undo)
+		expectClean(t, check(t, vm))
+	})
+	t.Run("redirect a system call", func(t *testing.T) {
+		const nrKill = 62 // __NR_kill on x86-64
+		table := p.sym("sys_call_table")
+		text := p.need(p.layout(nil, "dummy"), "module_text/0")
+		var undo func()
+		p.paused(func() { undo = p.write64(p.imagePA(table+nrKill*8), text.va+0x10) })
+		expectFindings(t, check(t, vm), map[string]func(detect.Finding) bool{"syscall-table-hook": func(f detect.Finding) bool {
+			nr, _ := f.Evidence.Details["nr"].(float64)
+			return nr == nrKill && len(f.Evidence.Modules) == 1 && f.Evidence.Modules[0] == "dummy"
+		}})
+		p.paused(undo)
+		expectClean(t, check(t, vm))
+	})
+	acct := p.sym("__x64_sys_acct") // acct(2): never called in the test guests
+	patched := func(f detect.Finding) bool {
+		return len(f.Evidence.Addresses) > 0 && strings.HasPrefix(f.Evidence.Addresses[0].Symbol, "__x64_sys_acct")
+	}
+	t.Run("patch kernel code", func(t *testing.T) {
+		at := p.firstPlainInsn(acct) + 3
+		var undo func()
+		p.paused(func() { undo = p.write(p.imagePA(at), []byte{0xcc, 0xcc, 0xcc}) })
+		expectFindings(t, check(t, vm, "--baseline", base), map[string]func(detect.Finding) bool{"kernel-code-modified": patched})
+		p.paused(undo)
+		expectClean(t, check(t, vm, "--baseline", base))
+	})
+	t.Run("patch an ftrace site", func(t *testing.T) {
+		// the ftrace call site holds a call, but not to anything ftrace
+		// made: being a patch site excuses nothing by itself
+		site := acct
+		if binary.LittleEndian.Uint32(p.read(p.imagePA(acct), 4)) == 0xfa1e0ff3 {
+			site += 4 // after endbr64
+		}
+		if b := p.read(p.imagePA(site), 5); string(b) != "\x0f\x1f\x44\x00\x00" {
+			t.Fatalf("__x64_sys_acct: no ftrace nop at %#x: % x", site, b)
+		}
+		text := p.need(p.layout(nil, "dummy"), "module_text/0")
+		var undo func()
+		p.paused(func() { undo = p.write(p.imagePA(site), rel32(0xe8, site, text.va+0x30)) })
+		fs := check(t, vm, "--baseline", base)
+		expectFindings(t, fs, map[string]func(detect.Finding) bool{"kernel-code-modified": patched, "inline-hook": func(f detect.Finding) bool {
+			return strings.Contains(f.Title, "__x64_sys_acct") && len(f.Evidence.Addresses) > 1 && f.Evidence.Addresses[1].Module == "dummy"
+		}})
+		p.paused(undo)
+		expectClean(t, check(t, vm, "--baseline", base))
+	})
+	if otherBoot {
 		t.Run("baseline of another boot", func(t *testing.T) {
 			// recorded on the same kernel booted without KASLR: every
 			// relocated address, every %rip-relative per-CPU access and
@@ -360,64 +287,39 @@ func TestAttacksOnMemory(t *testing.T) {
 				t.Logf("KASLR put both kernels at %v: only the boot-time data differs", a.TextStart)
 			}
 			expectClean(t, check(t, vm, "--baseline", file))
-			fn, _ := e.k.Syms.Lookup("__x64_sys_acct")
+			at := p.firstPlainInsn(acct) + 3
 			var undo func()
-			e.paused(func() { undo = e.write(fn+0x18, []byte{0xcc, 0xcc, 0xcc}) })
-			expectFindings(t, check(t, vm, "--baseline", file), map[string]func(detect.Finding) bool{"kernel-code-modified": func(f detect.Finding) bool {
-				return len(f.Evidence.Addresses) > 0 && strings.HasPrefix(f.Evidence.Addresses[0].Symbol, "__x64_sys_acct+")
-			}})
-			e.paused(undo)
+			p.paused(func() { undo = p.write(p.imagePA(at), []byte{0xcc, 0xcc, 0xcc}) })
+			expectFindings(t, check(t, vm, "--baseline", file), map[string]func(detect.Finding) bool{"kernel-code-modified": patched})
+			p.paused(undo)
 			expectClean(t, check(t, vm, "--baseline", file))
 		})
-		t.Run("inline hook", func(t *testing.T) {
-			fn, _ := e.k.Syms.Lookup("__x64_sys_acct")
-			// after the ftrace call site: the first instruction the kernel does not patch
-			code, err := e.k.AS.Read(fn, 32)
-			if err != nil {
-				t.Fatal(err)
-			}
-			sites, _ := e.k.PatchSites()
-			at := uint64(0)
-			for pc := 0; pc < 24; {
-				in, err := linux.DecodeInsn(code[pc:])
-				if err != nil {
-					t.Fatal(err)
-				}
-				if !linux.Covered(sites, fn+uint64(pc), uint64(in.Len)) && in.Op != x86asm.NOP && in.Len >= 1 && pc > 0 {
-					at = fn + uint64(pc)
-					break
-				}
-				pc += in.Len
-			}
-			if at == 0 {
-				t.Fatal("no instruction to hook")
-			}
-			m := e.module("dummy")
-			jmp := make([]byte, 5)
-			jmp[0] = 0xe9
-			binary.LittleEndian.PutUint32(jmp[1:], uint32(int32(int64(uint64(m.Base)+0x20)-int64(at+5))))
-			var undo func()
-			e.paused(func() { undo = e.write(at, jmp) })
-			expectFindings(t, check(t, vm), map[string]func(detect.Finding) bool{"inline-hook": func(f detect.Finding) bool {
-				return strings.Contains(f.Title, "__x64_sys_acct") && len(f.Evidence.Addresses) > 1 && f.Evidence.Addresses[1].Module == "dummy"
-			}})
-			e.paused(undo)
-			expectClean(t, check(t, vm))
+	}
+	t.Run("inline hook", func(t *testing.T) {
+		at := p.firstPlainInsn(acct)
+		text := p.need(p.layout(nil, "dummy"), "module_text/0")
+		var undo func()
+		p.paused(func() { undo = p.write(p.imagePA(at), rel32(0xe9, at, text.va+0x20)) })
+		expectFindings(t, check(t, vm), map[string]func(detect.Finding) bool{"inline-hook": func(f detect.Finding) bool {
+			return strings.Contains(f.Title, "__x64_sys_acct") && len(f.Evidence.Addresses) > 1 && f.Evidence.Addresses[1].Module == "dummy"
+		}})
+		p.paused(undo)
+		expectClean(t, check(t, vm))
+	})
+	t.Run("share init's credentials", func(t *testing.T) {
+		pid := guestPID(t, vm, "^"+cred+"$")
+		o := p.layout([]int64{pid, 1}, "")
+		tag := "/" + strconv.FormatInt(pid, 10)
+		initCred := p.need(o, "cred/1").va
+		var undo []func()
+		p.paused(func() {
+			undo = append(undo, p.write64(p.need(o, "task_cred_ptr"+tag).pa, initCred), p.write64(p.need(o, "task_real_cred_ptr"+tag).pa, initCred))
 		})
-		t.Run("share init's credentials", func(t *testing.T) {
-			pid := guestPID(t, vm, "sleep 1000001")
-			p, init := e.task(pid), e.task(1)
-			credOff, realOff := e.offset("task_struct", "cred"), e.offset("task_struct", "real_cred")
-			var undo []func()
-			e.paused(func() {
-				undo = append(undo, e.write64(uint64(p.Task)+credOff, uint64(init.Cred)), e.write64(uint64(p.Task)+realOff, uint64(init.Cred)))
-			})
-			expectFindings(t, check(t, vm), map[string]func(detect.Finding) bool{"shared-credentials": func(f detect.Finding) bool {
-				return hasPID(pid)(f) && hasPID(1)(f)
-			}})
-			e.paused(func() { undo[1](); undo[0]() })
-			expectClean(t, check(t, vm))
-		})
+		expectFindings(t, check(t, vm), map[string]func(detect.Finding) bool{"shared-credentials": func(f detect.Finding) bool {
+			return hasPID(pid)(f) && hasPID(1)(f)
+		}})
+		p.paused(func() { undo[1](); undo[0]() })
+		expectClean(t, check(t, vm))
 	})
 }
 
@@ -461,16 +363,28 @@ func TestRootkitModule(t *testing.T) {
 	forEachKernel(t, func(t *testing.T, series string) {
 		vm := attackGuest(t, series, "lkm")
 		expectClean(t, check(t, vm))
+		rootkitAttack(t, vm)
+	})
+}
+
+// rootkitAttack loads the test rootkit (sleep 1000002 hidden, sleep
+// 1000003 of an unprivileged user made root, kill(2) hooked, the module
+// hidden) and expects each to show. The rootkit stays loaded.
+func rootkitAttack(t *testing.T, vm *testvm.VM) {
+	{
 		hide := guestPID(t, vm, "^sleep 1000002$")
 		user := guestPID(t, vm, "^sleep 1000003$")
-		out, err := vm.Run(fmt.Sprintf("insmod /opt/vmw_rootkit.ko hide_pid=%d root_pid=%d hook=1 hide_self=1 && grep -c vmw_rootkit /proc/modules; id -u; cat /proc/%d/status | grep Uid", hide, user, user))
+		out, err := vm.Run(fmt.Sprintf("insmod /opt/vmw_rootkit.ko hide_pid=%d root_pid=%d hook=1 hide_self=1 && echo insmod-ok; grep -c vmw_rootkit /proc/modules", hide, user))
 		t.Logf("guest: %s", out)
-		if err == nil || !strings.Contains(out, "0\n") {
-			// grep -c exits 1 when the module hid itself from /proc/modules
-			t.Logf("insmod: %v", err)
+		// insmod must succeed; grep -c then exits 1 (the module hid itself)
+		if !strings.Contains(out, "insmod-ok") {
+			t.Fatalf("insmod vmw_rootkit.ko failed: %v: %s", err, out)
 		}
 		if mods, _ := vm.Run("cat /proc/modules"); strings.Contains(mods, "vmw_rootkit") {
 			t.Fatalf("the rootkit did not hide itself: %s", mods)
+		}
+		if st, _ := vm.Run(fmt.Sprintf("grep Uid /proc/%d/status", user)); !strings.Contains(st, "Uid:\t0\t0") {
+			t.Fatalf("the rootkit did not give pid %d root: %s", user, st)
 		}
 		fs := check(t, vm)
 		expectFindings(t, fs, map[string]func(detect.Finding) bool{
@@ -499,7 +413,7 @@ func TestRootkitModule(t *testing.T) {
 		}
 		sort.Strings(got)
 		t.Logf("findings: %v", got)
-	})
+	}
 }
 
 // TestCleanUnderLoad: clean guests give no finding above info over 20

@@ -5,6 +5,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -71,6 +72,9 @@ func guest(t testing.TB, key string, cfg func(k *testvm.Kernel) testvm.Config, s
 	}
 	guestsMu.Unlock()
 	g.once.Do(func() {
+		// a setup that stops the test (t.Fatal in cfg) leaves this error
+		// for every later user of the guest, never a nil guest
+		g.err = fmt.Errorf("its setup failed in %s (see that test's log)", t.Name())
 		k, err := testvm.FetchKernel(series)
 		if err != nil {
 			g.err = err
@@ -137,35 +141,63 @@ func vmwatchJSON(t testing.TB, v any, args ...string) {
 	}
 }
 
-// procEntry is a process as the guest's /proc/PID/stat shows it.
+// procEntry is a process as the guest's /proc shows it.
 type procEntry struct {
 	PID, PPID int64
 	Comm      string
+	Cmdline   string // /proc/PID/cmdline without its trailing NULs
+	// NS: "pid:[N] net:[N] mnt:[N] nspid N cgroup PATH" from
+	// /proc/PID/ns/*, the NSpid line of /proc/PID/status and the "0::"
+	// line of /proc/PID/cgroup
+	NS string
 }
 
-// guestProcs reads pid, ppid and comm of every process from the guest's /proc.
+// guestProcsScript prints, for each process, its pid, its cmdline (base64:
+// it may hold any byte), its namespaces, in-namespace pid and cgroup, then
+// its stat line. busybox and Debian's coreutils both have base64.
+const guestProcsScript = `for d in /proc/[0-9]*; do p=${d#/proc/}; ` +
+	`c=$(base64 -w0 < $d/cmdline 2>/dev/null); ` +
+	`n=$(for x in pid net mnt; do readlink $d/ns/$x 2>/dev/null; done | tr '\n' ' '); ` +
+	`i=$(awk '/^NSpid:/ {print $NF}' $d/status 2>/dev/null); ` +
+	`g=$(sed -n 's/^0:://p' $d/cgroup 2>/dev/null); ` +
+	`s=$(cat $d/stat 2>/dev/null); ` +
+	`[ -n "$s" ] && echo "P|$p|$c|$n|$i|$g|$s"; done; true`
+
+// guestProcs reads every process from the guest's /proc.
 func guestProcs(t testing.TB, vm *testvm.VM) map[int64]procEntry {
 	t.Helper()
-	out, err := vm.Run("cat /proc/[0-9]*/stat 2>/dev/null; true")
+	out, err := vm.RunTimeout(guestProcsScript, 2*time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
 	m := map[int64]procEntry{}
 	for _, line := range strings.Split(out, "\n") {
-		l, r := strings.IndexByte(line, '('), strings.LastIndexByte(line, ')')
+		f := strings.SplitN(line, "|", 7)
+		if len(f) < 7 || f[0] != "P" {
+			continue
+		}
+		stat := f[6]
+		l, r := strings.IndexByte(stat, '('), strings.LastIndexByte(stat, ')')
 		if l < 0 || r < l {
 			continue
 		}
-		pid, err := strconv.ParseInt(strings.TrimSpace(line[:l]), 10, 64)
+		pid, err := strconv.ParseInt(f[1], 10, 64)
 		if err != nil {
 			continue
 		}
-		f := strings.Fields(line[r+1:])
-		if len(f) < 2 {
+		sf := strings.Fields(stat[r+1:])
+		if len(sf) < 2 {
 			continue
 		}
-		ppid, _ := strconv.ParseInt(f[1], 10, 64)
-		m[pid] = procEntry{PID: pid, PPID: ppid, Comm: line[l+1 : r]}
+		ppid, _ := strconv.ParseInt(sf[1], 10, 64)
+		cl, _ := base64.StdEncoding.DecodeString(f[2])
+		ns := strings.Fields(f[3])
+		for len(ns) < 3 {
+			ns = append(ns, "?")
+		}
+		m[pid] = procEntry{PID: pid, PPID: ppid, Comm: stat[l+1 : r],
+			Cmdline: strings.TrimRight(string(cl), "\x00"),
+			NS:      fmt.Sprintf("%s %s %s nspid %s cgroup %s", ns[0], ns[1], ns[2], f[4], f[5])}
 	}
 	if len(m) < 10 {
 		t.Fatalf("guest /proc shows only %d processes: %q", len(m), out)

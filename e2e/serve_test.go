@@ -3,7 +3,9 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -228,9 +230,12 @@ alarms:
 
 	// attack: unlink sleep 1000002 from the task list, as a kernel exploit would
 	pid := guestPID(t, victim, "^sleep 1000002$")
-	e := newMemEditor(t, victim)
-	p := e.task(pid)
-	e.paused(func() { e.unlink(uint64(p.Task) + e.offset("task_struct", "tasks")) })
+	pl := newPlanter(t, victim)
+	o := pl.layout([]int64{pid}, "")
+	tag := "/" + strconv.FormatInt(pid, 10)
+	pl.paused(func() {
+		pl.unlink(pl.need(o, "task_tasks"+tag), pl.need(o, "task_tasks_next"+tag), pl.need(o, "task_tasks_prev"+tag))
+	})
 	attacked := time.Now()
 
 	var got map[string]any
@@ -272,11 +277,12 @@ alarms:
 		t.Errorf("the overview does not show the VM as critical:\n%.2000s", overview)
 	}
 	t.Logf("screenshots in %s", artifactDir(t))
+	var ev []journal.Record
 	waitFor(t, 60*time.Second, "evidence in the journal", func() bool {
-		var recs []journal.Record
-		d.get(t, "/api/journal?kind=evidence", &recs)
-		return len(recs) > 0
+		d.get(t, "/api/journal?kind=evidence", &ev)
+		return len(ev) > 0
 	})
+	checkEvidence(t, ev[0], pid)
 	// secrets stay out of the journal
 	var recs []journal.Record
 	d.get(t, "/api/journal?limit=1000", &recs)
@@ -488,4 +494,39 @@ func browse(t *testing.T, url, screenshot string) string {
 		t.Errorf("chromium --screenshot: %v: %s", err, out)
 	}
 	return string(dom)
+}
+
+// checkEvidence opens the memory dump an evidence record names: it exists,
+// its SHA-256 is the recorded one, and vmwatch reads the attacked guest
+// from it, hidden process included (hidden-process finds it in the dump).
+func checkEvidence(t *testing.T, rec journal.Record, pid int64) {
+	t.Helper()
+	var data struct {
+		Dump   string `json:"dump"`
+		SHA256 string `json:"dump_sha256"`
+	}
+	if err := json.Unmarshal(rec.Data, &data); err != nil || data.Dump == "" {
+		t.Fatalf("evidence record without a dump: %s (%v)", rec.Data, err)
+	}
+	f, err := os.Open(data.Dump)
+	if err != nil {
+		t.Fatalf("evidence dump: %v", err)
+	}
+	h := sha256.New()
+	_, err = io.Copy(h, f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != data.SHA256 {
+		t.Errorf("evidence dump %s: sha256 %s, the journal says %s", data.Dump, got, data.SHA256)
+	}
+	fs := checkTarget(t, "dump:"+data.Dump, "--only", "hidden-process")
+	found := false
+	for _, f := range fs {
+		found = found || f.ID == "hidden-process" && hasPID(pid)(f)
+	}
+	if !found {
+		t.Errorf("the evidence dump does not show the hidden process %d: %s", pid, summary(fs))
+	}
 }
