@@ -18,8 +18,11 @@ build:
 	$(GO) build -tags yara -o $(BIN)/vmwatch ./cmd/vmwatch
 	$(GO) build -o $(BIN)/vmwatch-guest ./cmd/vmwatch-guest
 
+# packages, then the test kernels and the Debian system guest image, built
+# once and cached (testvm.CacheDir: /var/cache/vmwatch for root)
 deps:
 	./scripts/install-deps.sh
+	$(GO) run ./cmd/vmwatch-guest image
 
 # everything: vet, unit and end-to-end tests (real guests), short fuzz runs
 test: deps

@@ -2,7 +2,11 @@
 # Installs what vmwatch's demo and tests need on Debian 12, with apt, when
 # it is missing. Run as root (or with sudo available).
 set -eu
-PKGS="qemu-system-x86 qemu-utils qemu-guest-agent openssh-server busybox-static cpio xz-utils time gcc make libc6-dev libyara-dev pkg-config chromium libvirt-daemon-system libvirt-clients"
+# Every program the code, the tests and the Makefile run comes from one of
+# these (or from an Essential package); internal/depscheck's TestDeps proves it.
+# pahole: BTF for the 6.12 test modules; debootstrap, e2fsprogs: the system
+# guest image; bpftool: ground truth for planted attacks and tracing tests.
+PKGS="qemu-system-x86 qemu-utils qemu-guest-agent openssh-server openssh-client busybox-static cpio xz-utils zstd time gcc make libc6-dev binutils libyara-dev pkg-config chromium libvirt-daemon-system libvirt-clients pahole debootstrap e2fsprogs bpftool iproute2 nftables tcpdump"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
