@@ -229,8 +229,10 @@ func (k *Kernel) socket(addr uint64, states map[uint64]string, nsr *nsReader) *S
 	}
 	proto := f.uint("sk_protocol")
 	state := f.uint("__sk_common.skc_state")
-	if sk.Type.HasField("__sk_common.skc_net") {
-		if net := f.ptr("__sk_common.skc_net"); net != 0 {
+	// skc_net is a possible_net_t: a struct holding the pointer when the
+	// kernel has network namespaces
+	if sk.Type.HasField("__sk_common.skc_net.net") {
+		if net := f.ptr("__sk_common.skc_net.net"); net != 0 {
 			ns, err := nsr.nsInum("net", net)
 			f.note(err)
 			s.NetNS = ns
