@@ -113,8 +113,11 @@ static int __init vmw_layout_init(void)
 			if (strcmp(m->name, mod) == 0) {
 				obj("module", 0, m);
 				obj("module_list", 0, &m->list);
-				obj("module_list_next", 0, m->list.next);
-				obj("module_list_prev", 0, m->list.prev);
+				/* this module sits in the list while it
+				 * initialises and leaves it when init fails:
+				 * name the neighbours the list will have then */
+				obj("module_list_next", 0, m->list.next == &THIS_MODULE->list ? THIS_MODULE->list.next : m->list.next);
+				obj("module_list_prev", 0, m->list.prev == &THIS_MODULE->list ? THIS_MODULE->list.prev : m->list.prev);
 				obj("module_text", 0, module_text(m));
 			}
 		}
