@@ -133,8 +133,12 @@ func summary(fs []detect.Finding) string {
 func expectClean(t *testing.T, fs []detect.Finding) {
 	t.Helper()
 	for _, f := range fs {
-		if f.Severity > detect.Info {
+		// low is what a clean guest may show (a JIT runtime's code)
+		switch {
+		case f.Severity > detect.Low:
 			t.Errorf("clean guest: %s finding %s: %s", f.Severity, f.ID, f.Explanation)
+		case f.Severity == detect.Low:
+			t.Logf("clean guest: low finding %s: %.120s", f.ID, f.Explanation)
 		}
 	}
 }

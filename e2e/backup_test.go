@@ -336,9 +336,20 @@ func TestBackupRestore(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(3 * time.Second)
+	// kill only once libvirt runs the backup job (the detectors and the
+	// repository come first; a fixed wait could kill before any job exists)
+	jobSeen := false
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if out, err := testvm.Virsh("domjobinfo", name); err == nil && strings.Contains(out, "Job type:") && !strings.Contains(out, "None") {
+			jobSeen = true
+			break
+		}
+	}
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
+	if !jobSeen {
+		t.Fatalf("SIGKILL during a backup: no libvirt backup job appeared on %s within 2 minutes", name)
+	}
 	if after := listPoints(t, repoDir); len(after) != len(before) {
 		t.Errorf("a killed backup left a restore point: %d before, %d after", len(before), len(after))
 	}

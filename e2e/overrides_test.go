@@ -1,7 +1,7 @@
 package e2e
 
 import (
-	"context"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -12,7 +12,7 @@ import (
 
 	"github.com/cilium/ebpf/btf"
 	"github.com/vmwatch/vmwatch/linux"
-	"github.com/vmwatch/vmwatch/target"
+	"github.com/vmwatch/vmwatch/testvm"
 )
 
 // neededSymbols are the kernel symbols vmwatch's views use.
@@ -82,17 +82,11 @@ func TestISF(t *testing.T) {
 		vm := standard(t, series)
 		dir := t.TempDir()
 		syms := guestSystemMap(t, series, filepath.Join(dir, "System.map"))
-		tg, err := target.Open(context.Background(), "qmp:"+vm.QMPPath, target.Options{})
+		spec, err := btf.LoadSpecFromReader(bytes.NewReader(guestBTF(t, vm)))
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("the BTF read from guest memory at the guest's own __start_BTF: %v", err)
 		}
-		k, err := linux.Open(tg.Mem, linux.Options{CPUs: tg.CPUs})
-		if err != nil {
-			tg.Close()
-			t.Fatal(err)
-		}
-		isf := btfToISF(t, k.BTF(), syms)
-		tg.Close()
+		isf := btfToISF(t, spec, syms)
 		p := filepath.Join(dir, "kernel.json")
 		if err := os.WriteFile(p, isf, 0o644); err != nil {
 			t.Fatal(err)
@@ -111,6 +105,40 @@ func TestISF(t *testing.T) {
 			t.Errorf("lsmod with ISF: %+v", mods)
 		}
 	})
+}
+
+// guestBTF reads the kernel's BTF from guest memory with nothing of
+// vmwatch's: __start_BTF and __stop_BTF from the guest's /proc/kallsyms,
+// the kernel image's physical start ("Kernel code", which begins at _text)
+// from its /proc/iomem, the bytes from the memory file.
+func guestBTF(t *testing.T, vm *testvm.VM) []byte {
+	t.Helper()
+	out, err := vm.Run("grep -E ' (_text|__start_BTF|__stop_BTF)$' /proc/kallsyms; grep 'Kernel code' /proc/iomem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sym := map[string]uint64{}
+	var codePA uint64
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 3:
+			sym[f[2]], _ = strconv.ParseUint(f[0], 16, 64)
+		case strings.Contains(line, "Kernel code"):
+			r := strings.SplitN(strings.TrimSpace(strings.SplitN(line, ":", 2)[0]), "-", 2)
+			codePA, _ = strconv.ParseUint(r[0], 16, 64)
+		}
+	}
+	start, stop, text := sym["__start_BTF"], sym["__stop_BTF"], sym["_text"]
+	if start == 0 || stop <= start || stop-start > 64<<20 || text == 0 || codePA == 0 {
+		t.Fatalf("guest kallsyms/iomem give no BTF range: %q", out)
+	}
+	m := openGuestMemory(t, vm)
+	b := m.read(codePA+(start-text), int(stop-start))
+	if len(b) < 4 || b[0] != 0x9f || b[1] != 0xeb {
+		t.Fatalf("no BTF magic at physical %#x (the guest's __start_BTF)", codePA+(start-text))
+	}
+	return b
 }
 
 // btfToISF writes types in Volatility 3's ISF schema.

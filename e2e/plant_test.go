@@ -40,6 +40,15 @@ const startKernelMap = 0xffffffff80000000
 
 func newPlanter(t *testing.T, vm *testvm.VM) *planter {
 	t.Helper()
+	p := openGuestMemory(t, vm)
+	p.layout(nil, "") // phys_base and the offsets
+	return p
+}
+
+// openGuestMemory opens the guest's memory file for physical reads and
+// writes (QEMU's q35 layout), without loading vmw_layout.
+func openGuestMemory(t *testing.T, vm *testvm.VM) *planter {
+	t.Helper()
 	if vm.MemFile == "" {
 		t.Fatal("planting needs the guest's memory file")
 	}
@@ -53,7 +62,6 @@ func newPlanter(t *testing.T, vm *testvm.VM) *planter {
 	if p.lowmem > 0xb0000000 {
 		p.lowmem = 0x80000000
 	}
-	p.layout(nil, "") // phys_base and the offsets
 	return p
 }
 

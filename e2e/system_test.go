@@ -256,6 +256,7 @@ func checkBusyClean(t *testing.T, vm *testvm.VM, n int) {
 		if t.Failed() {
 			t.Fatalf("check %d of %d", i+1, n)
 		}
+		time.Sleep(time.Second) // let the load move between checks
 	}
 	// the load really ran: sshd accepted logins
 	if out, _ := vm.Run("journalctl -u ssh --no-pager | grep -c 'Accepted publickey'"); strings.TrimSpace(out) == "0" {
