@@ -156,14 +156,14 @@ and the open findings are kept with the restore point (see restore
 				return err
 			}
 			return emit(os.Stdout, g.output, p, func(tw *tabwriter.Writer) {
-				fmt.Fprintf(tw, "restore point %s: %s backup of %s in %s\n", p.ID, p.Kind, domain, p.Duration.Round(time.Millisecond))
+				linef(tw, "restore point %s: %s backup of %s in %s", p.ID, p.Kind, domain, p.Duration.Round(time.Millisecond))
 				row(tw, "DISK", "MODE", "SIZE", "READ", "CHANGED", "WHY FULL")
 				for _, d := range p.Disks {
 					row(tw, d.Target, d.Mode, hb(d.Size), hb(d.Read), hb(d.Changed), orDash(d.FullReason))
 				}
-				fmt.Fprintf(tw, "read %s of %s; added %s to the repository; security: %s\n", hb(p.Read), hb(p.Size), hb(p.Added), shortSecurity(p.Security))
+				linef(tw, "read %s of %s; added %s to the repository; security: %s", hb(p.Read), hb(p.Size), hb(p.Added), shortSecurity(p.Security))
 				for _, f := range p.Findings {
-					fmt.Fprintf(tw, "  open finding: %s %s: %s\n", strings.ToUpper(f.Severity), f.ID, f.Title)
+					linef(tw, "  open finding: %s %s: %s", strings.ToUpper(f.Severity), f.ID, f.Title)
 				}
 			})
 		},
@@ -291,7 +291,7 @@ func newVerifyCmd(g *globalFlags) *cobra.Command {
 					return
 				}
 				for _, p := range probs {
-					fmt.Fprintln(tw, "DAMAGED:", p.String())
+					linef(tw, "DAMAGED: %s", p.String())
 				}
 			}); err != nil {
 				return err

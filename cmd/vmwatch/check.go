@@ -109,7 +109,7 @@ if asked, YARA signatures. Exit status: 0 clean, 1 findings at or above
 			}
 			if err := emit(os.Stdout, g.output, rep.Findings, func(tw *tabwriter.Writer) {
 				if len(rep.Findings) == 0 {
-					fmt.Fprintf(tw, "no findings (%d detectors, %s)\n", len(rep.Timings), totalTime(rep))
+					linef(tw, "no findings (%d detectors, %s)", len(rep.Timings), totalTime(rep))
 					return
 				}
 				row(tw, "SEVERITY", "ID", "ATT&CK", "FINDING")
@@ -120,7 +120,7 @@ if asked, YARA signatures. Exit status: 0 clean, 1 findings at or above
 				fmt.Fprintln(os.Stdout)
 				for _, f := range rep.Findings {
 					if f.Severity >= detect.Low {
-						fmt.Fprintf(os.Stdout, "%s %s: %s\n", strings.ToUpper(f.Severity.String()), f.ID, f.Explanation)
+						linef(os.Stdout, "%s %s: %s", strings.ToUpper(f.Severity.String()), f.ID, f.Explanation)
 					}
 				}
 			}); err != nil {

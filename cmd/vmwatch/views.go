@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strconv"
@@ -50,38 +51,43 @@ func newPsCmd(g *globalFlags) *cobra.Command {
 				return err
 			}
 			linux.SortProcesses(ps)
-			// processes in PID namespaces of their own, and containers, get
-			// columns of their own when there are any
-			nsCols := false
-			for _, p := range ps {
-				if p.PIDNS != 0 && p.PIDNS != init.PID || p.Container != nil {
-					nsCols = true
-				}
-			}
-			return emit(os.Stdout, g.output, ps, func(tw *tabwriter.Writer) {
-				head := []any{"PID", "PPID", "UID", "GID", "EUID", "STATE", "START", "THR"}
-				if threads {
-					head = []any{"TGID", "PID", "PPID", "UID", "GID", "EUID", "STATE", "START"}
-				}
-				if nsCols {
-					head = append(head, "NSPID", "CONTAINER")
-				}
-				row(tw, append(head, "COMM", "COMMAND")...)
-				for _, p := range ps {
-					cells := []any{p.PID, p.PPID, p.UID, p.GID, p.EUID, p.State, startTime(p.StartTime), p.Threads}
-					if threads {
-						cells = []any{p.TGID, p.PID, p.PPID, p.UID, p.GID, p.EUID, p.State, startTime(p.StartTime)}
-					}
-					if nsCols {
-						cells = append(cells, nsPID(p, init), containerName(p.Container))
-					}
-					row(tw, append(cells, p.Comm, commandLine(p))...)
-				}
-			})
+			return emitPS(os.Stdout, g.output, ps, threads, init)
 		},
 	}
 	cmd.Flags().BoolVar(&threads, "threads", false, "list every thread, not only processes")
 	return cmd
+}
+
+// emitPS writes the process list as JSON or as ps's table.
+func emitPS(w io.Writer, format string, ps []linux.Process, threads bool, init linux.InitNamespaces) error {
+	// processes in PID namespaces of their own, and containers, get
+	// columns of their own when there are any
+	nsCols := false
+	for _, p := range ps {
+		if p.PIDNS != 0 && p.PIDNS != init.PID || p.Container != nil {
+			nsCols = true
+		}
+	}
+	return emit(w, format, ps, func(tw *tabwriter.Writer) {
+		head := []any{"PID", "PPID", "UID", "GID", "EUID", "STATE", "START", "THR"}
+		if threads {
+			head = []any{"TGID", "PID", "PPID", "UID", "GID", "EUID", "STATE", "START"}
+		}
+		if nsCols {
+			head = append(head, "NSPID", "CONTAINER")
+		}
+		row(tw, append(head, "COMM", "COMMAND")...)
+		for _, p := range ps {
+			cells := []any{p.PID, p.PPID, p.UID, p.GID, p.EUID, p.State, startTime(p.StartTime), p.Threads}
+			if threads {
+				cells = []any{p.TGID, p.PID, p.PPID, p.UID, p.GID, p.EUID, p.State, startTime(p.StartTime)}
+			}
+			if nsCols {
+				cells = append(cells, nsPID(p, init), containerName(p.Container))
+			}
+			row(tw, append(cells, p.Comm, commandLine(p))...)
+		}
+	})
 }
 
 // nsPID is a process's pid inside its own PID namespace, "-" in the
@@ -193,12 +199,12 @@ func newPstreeCmd(g *globalFlags) *cobra.Command {
 					label += "  " + strings.Join(n.Cmdline, " ")
 				}
 				if top {
-					b.WriteString(label + "\n")
+					linef(&b, "%s", label)
 				} else if last {
-					b.WriteString(prefix + "└─ " + label + "\n")
+					linef(&b, "%s└─ %s", prefix, label)
 					prefix += "   "
 				} else {
-					b.WriteString(prefix + "├─ " + label + "\n")
+					linef(&b, "%s├─ %s", prefix, label)
 					prefix += "│  "
 				}
 				for i, c := range n.Children {
@@ -329,8 +335,11 @@ func newDmesgCmd(g *globalFlags) *cobra.Command {
 			}
 			var b strings.Builder
 			for _, r := range recs {
-				b.WriteString(r.Format())
-				b.WriteByte('\n')
+				// a record of several lines keeps one prefix per line, as
+				// in dmesg(1); each line is escaped
+				for _, l := range strings.Split(r.Format(), "\n") {
+					linef(&b, "%s", l)
+				}
 			}
 			_, err = os.Stdout.WriteString(b.String())
 			return err
