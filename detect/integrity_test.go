@@ -12,7 +12,6 @@ import (
 	"github.com/vmwatch/vmwatch/linux"
 )
 
-
 func TestDiffRegion(t *testing.T) {
 	base := make([]byte, 4096)
 	for i := range base {

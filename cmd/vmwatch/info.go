@@ -41,10 +41,10 @@ type infoOut struct {
 	BTFAddr       linux.Addr          `json:"btf_address,omitempty"`
 	// Namespaces are the guest's first namespaces (init's): a process or
 	// socket in another one belongs to a container or an ip netns.
-	Namespaces *linux.InitNamespaces `json:"namespaces,omitempty"`
-	Steps         []stepOut           `json:"bootstrap"`
-	BootstrapMs   float64             `json:"bootstrap_ms"`
-	PausedMs      *float64            `json:"paused_ms,omitempty"`
+	Namespaces  *linux.InitNamespaces `json:"namespaces,omitempty"`
+	Steps       []stepOut             `json:"bootstrap"`
+	BootstrapMs float64               `json:"bootstrap_ms"`
+	PausedMs    *float64              `json:"paused_ms,omitempty"`
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
