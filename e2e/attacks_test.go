@@ -300,13 +300,6 @@ func memoryAttacks(t *testing.T, vm *testvm.VM, series, hide, cred string, other
 		})
 	}
 	t.Run("inline hook", func(t *testing.T) {
-		if vm.CPUModel == "max" && series == "6.12" {
-			// KNOWN DEFECT, open in issue 9: on the 6.12 system guest under
-			// -cpu max (5-level paging) the jump planted at
-			// __x64_sys_acct's first plain instruction raised no
-			// inline-hook finding (CI of 2026-12-02); found everywhere else
-			t.Skip("open defect (issue 9): inline hook on 6.12 with -cpu max is not found yet")
-		}
 		at := p.firstPlainInsn(acct)
 		text := p.need(p.layout(nil, "dummy"), "module_text/0")
 		var undo func()
