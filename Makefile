@@ -32,7 +32,7 @@ test: deps
 	$(MAKE) --no-print-directory fuzz
 
 unit:
-	$(GO) test -count=1 -short ./guestmem ./x86 ./linux ./hv/... ./target ./cmd/...
+	$(GO) test -count=1 -short ./guestmem ./x86 ./linux ./hv/... ./target ./cmd/... ./internal/...
 
 fuzz:
 	@for t in $(FUZZ); do \
