@@ -159,7 +159,9 @@ const guestProcsScript = `for d in /proc/[0-9]*; do p=${d#/proc/}; ` +
 	`c=$(base64 -w0 < $d/cmdline 2>/dev/null); ` +
 	`n=$(for x in pid net mnt; do readlink $d/ns/$x 2>/dev/null; done | tr '\n' ' '); ` +
 	`i=$(awk '/^NSpid:/ {print $NF}' $d/status 2>/dev/null); ` +
-	`g=$(sed -n 's/^0:://p' $d/cgroup 2>/dev/null); ` +
+	// without a cgroup2 mount the kernel hides the default hierarchy's
+	// "0::" line (cgrp_dfl_visible); every process is then in its root
+	`g=$(sed -n 's/^0:://p' $d/cgroup 2>/dev/null); [ -n "$g" ] || g=/; ` +
 	`s=$(cat $d/stat 2>/dev/null); ` +
 	`[ -n "$s" ] && echo "P|$p|$c|$n|$i|$g|$s"; done; true`
 
