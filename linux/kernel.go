@@ -413,3 +413,24 @@ func (k *Kernel) BootID() string {
 	}
 	return hex.EncodeToString(h.Sum(nil)[:12])
 }
+
+// Booted reports whether the kernel has finished booting: its
+// system_state (enum system_states) has reached SYSTEM_RUNNING, which
+// init/main.c sets after freeing init memory and write-protecting
+// read-only data. Before that the kernel still writes its own text and
+// rodata, so a baseline taken then is wrong.
+func (k *Kernel) Booted() (bool, error) {
+	a, ok := k.Syms.Lookup("system_state")
+	if !ok {
+		return false, errors.New("kernel symbol system_state not found")
+	}
+	running, err := k.Types.EnumConstant("SYSTEM_RUNNING")
+	if err != nil {
+		return false, fmt.Errorf("enum system_states: %w", err)
+	}
+	var b [4]byte
+	if _, err := k.AS.ReadAt(b[:], int64(a)); err != nil {
+		return false, fmt.Errorf("system_state at %#x: %w", a, err)
+	}
+	return int64(int32(binary.LittleEndian.Uint32(b[:]))) >= running, nil
+}

@@ -410,7 +410,14 @@ func clamp(v, lo, hi float64) float64 { return max(lo, min(hi, v)) }
 func (vm *VM) check(ctx context.Context) error {
 	opt := detect.Options{VM: vm.Name, Rules: vm.d.rules, Yara: vm.d.yara}
 	if vm.settings.Baseline != nil && *vm.settings.Baseline {
-		if vm.baseline == nil {
+		// a kernel still booting writes its own text and rodata: no
+		// baseline is recorded or compared until it runs
+		booted, berr := vm.k.Booted()
+		if berr != nil {
+			vm.d.log.Warn("kernel boot state unknown, baseline recorded anyway", "vm", vm.Name, "err", berr)
+			booted = true
+		}
+		if vm.baseline == nil && booted {
 			if b, err := vm.loadOrRecordBaseline(); err == nil {
 				vm.baseline = b
 			} else {
