@@ -22,7 +22,7 @@ import (
 // userland helpers.
 var attackBuild sync.Map // series -> map[string][]byte or error
 
-func attackFiles(t *testing.T, k *testvm.Kernel) map[string][]byte {
+func attackFiles(t testing.TB, k *testvm.Kernel) map[string][]byte {
 	if v, ok := attackBuild.Load(k.Series); ok {
 		if err, ok := v.(error); ok {
 			t.Fatal(err)

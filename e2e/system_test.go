@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"encoding/base64"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -38,7 +40,7 @@ setsid sleep 1000002 </dev/null >/dev/null 2>&1 &
 echo '* * * * * root /bin/true' > /etc/cron.d/vmwatch-test
 sleep 1; true`
 
-func systemGuest(t *testing.T, variant string) *testvm.VM {
+func systemGuest(t testing.TB, variant string) *testvm.VM {
 	for _, v := range sysVariants {
 		if v.name == variant {
 			return guest(t, "sys-"+v.name, func(k *testvm.Kernel) testvm.Config {
@@ -89,6 +91,7 @@ func TestSystemGuest(t *testing.T) {
 					t.Errorf("%d processes, %d rewritten titles (sshd, nginx); a booted Debian system has about 100 and 4", len(ps), titles)
 				}
 			})
+			t.Run("forged output", func(t *testing.T) { checkForgedOutput(t, vm, tg) })
 			t.Run("threads", func(t *testing.T) { checkThreads(t, vm, tg) })
 			t.Run("lsmod", func(t *testing.T) { checkLsmod(t, vm, tg, []string{"dummy"}) })
 			t.Run("sockets", func(t *testing.T) {
@@ -362,5 +365,90 @@ func systemUserlandAttacks(t *testing.T, vm *testvm.VM) {
 				return hasPID(pid)(f) && f.Severity == c.sev
 			}})
 		})
+	}
+}
+
+// checkForgedOutput: an unprivileged guest process (attacks/helpers/forgeps)
+// with escape sequences in its name and a newline and a forged row in its
+// argv[0] reaches the operator's terminal only escaped: the tables hold no
+// control character and the forged row stays inside the process's own
+// line, while JSON keeps the exact bytes of /proc/PID/comm and cmdline.
+func checkForgedOutput(t *testing.T, vm *testvm.VM, tg string) {
+	out, err := vm.Run("setpriv --reuid=65534 --regid=65534 --clear-groups setsid /opt/forgeps </dev/null >/dev/null 2>&1 & echo $!")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.ParseInt(strings.TrimSpace(out), 10, 64)
+	if err != nil {
+		t.Fatalf("forgeps pid %q", out)
+	}
+	defer vm.Run(fmt.Sprintf("kill %d", pid))
+	var comm, cmdline []byte
+	for i := 0; i < 20; i++ {
+		time.Sleep(250 * time.Millisecond)
+		out, err := vm.Run(fmt.Sprintf("base64 -w0 /proc/%d/comm; echo; base64 -w0 /proc/%d/cmdline; echo; stat -c %%u /proc/%d", pid, pid, pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := strings.Split(strings.TrimSpace(out), "\n")
+		if len(f) != 3 {
+			t.Fatalf("guest /proc/%d: %q", pid, out)
+		}
+		comm, _ = base64.StdEncoding.DecodeString(f[0])
+		cmdline, _ = base64.StdEncoding.DecodeString(f[1])
+		if strings.Contains(string(cmdline), "FORGED-ROW") && strings.HasPrefix(string(comm), "\x1b") {
+			if f[2] != "65534" {
+				t.Fatalf("forgeps runs as uid %s, want nobody", f[2])
+			}
+			break
+		}
+	}
+	if !strings.Contains(string(cmdline), "FORGED-ROW") || !strings.HasPrefix(string(comm), "\x1b") {
+		t.Fatalf("forgeps did not set its name and argv: comm %q cmdline %q", comm, cmdline)
+	}
+	wantComm := strings.TrimSuffix(string(comm), "\n")
+	wantArgv := strings.Split(strings.TrimSuffix(string(cmdline), "\x00"), "\x00")
+
+	var ps []linux.Process
+	vmwatchJSON(t, &ps, "ps", "-t", tg)
+	found := false
+	for _, p := range ps {
+		if p.PID != pid {
+			continue
+		}
+		found = true
+		if p.Comm != wantComm || !slices.Equal(p.Cmdline, wantArgv) {
+			t.Errorf("JSON: comm %q cmdline %q, the guest's /proc: %q %q", p.Comm, p.Cmdline, wantComm, wantArgv)
+		}
+	}
+	if !found {
+		t.Fatalf("forgeps (pid %d) not in ps --json", pid)
+	}
+	for _, verb := range [][]string{{"ps"}, {"ps", "--threads"}, {"pstree"}} {
+		table := vmwatch(t, append(verb, "-t", tg)...)
+		for i, c := range table {
+			if (c < 0x20 && c != '\n') || c == 0x7f {
+				t.Errorf("vmwatch %s: control byte %#x at %d: %q", strings.Join(verb, " "), c, i, table[max(0, i-40):min(len(table), i+40)])
+				break
+			}
+		}
+		if verb[0] == "pstree" { // it names processes by comm
+			if !strings.Contains(string(table), fmt.Sprintf("%d \\x1b]0;pwn\\x07", pid)) {
+				t.Errorf("vmwatch pstree does not show forgeps (%d) by its escaped name:\n%s", pid, table)
+			}
+			continue
+		}
+		forged := 0
+		for _, l := range strings.Split(string(table), "\n") {
+			if strings.Contains(l, "FORGED-ROW") {
+				forged++
+				if !slices.Contains(strings.Fields(l), strconv.FormatInt(pid, 10)) {
+					t.Errorf("vmwatch %s: the forged row is a line of its own: %q", strings.Join(verb, " "), l)
+				}
+			}
+		}
+		if forged != 1 {
+			t.Errorf("vmwatch %s: %d lines hold the forged row, want 1:\n%s", strings.Join(verb, " "), forged, table)
+		}
 	}
 }

@@ -438,7 +438,21 @@ func (vm *VM) RunTimeout(command string, d time.Duration) (string, error) {
 	if vm.shell == nil {
 		return "", errors.New("guest shell not connected")
 	}
-	return vm.shell.Run(command, d)
+	out, err := vm.shell.Run(command, d)
+	if err != nil && vm.shell.Broken() {
+		// the guest crashed or QEMU exited: its console and QEMU's log say why
+		state := "QEMU still runs"
+		if vm.exited != nil {
+			select {
+			case <-vm.exited:
+				state = "QEMU exited: " + vm.cmd.ProcessState.String()
+			case <-time.After(2 * time.Second):
+			}
+		}
+		qlog, _ := os.ReadFile(filepath.Join(vm.Dir, "qemu.log"))
+		return out, fmt.Errorf("%w; %s; QEMU's log: %q; guest console: %s", err, state, strings.TrimSpace(string(qlog)), vm.consoleTail())
+	}
+	return out, err
 }
 
 // Stop kills QEMU and removes the guest's directory and memory file.
@@ -605,6 +619,14 @@ func (s *Shell) Run(command string, d time.Duration) (string, error) {
 		}
 		s.cond.Wait()
 	}
+}
+
+// Broken reports whether the connection to the guest's serial port is
+// gone (the guest or QEMU died).
+func (s *Shell) Broken() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err != nil
 }
 
 // Close disconnects from the serial port (the guest shell stays up).
