@@ -198,11 +198,12 @@ func BenchmarkCheck(b *testing.B) {
 // (10 s) for a minute; it reports the daemon's CPU use, its peak resident
 // memory and the VMs' cycle times. Run with -benchtime 1x.
 func BenchmarkServe10(b *testing.B) {
-	var qmps []string
+	var qmps, names []string
 	for i := 0; i < 10; i++ {
 		series := Kernels[i%2]
 		vm := guest(b, fmt.Sprintf("bench10-%d", i), func(k *testvm.Kernel) testvm.Config { return testvm.Config{} }, series)
-		qmps = append(qmps, "--qmp", fmt.Sprintf("vm%d=%s", i, vm.QMPPath))
+		names = append(names, fmt.Sprintf("vm%d", i))
+		qmps = append(qmps, "--qmp", names[i]+"="+vm.QMPPath)
 	}
 	for n := 0; n < b.N; n++ {
 		state := b.TempDir()
@@ -222,13 +223,29 @@ func BenchmarkServe10(b *testing.B) {
 		// its RSS (RssShmem) but is QEMU's memory; RssAnon is the daemon's own
 		anon := procStatus(b, cmd.Process.Pid, "RssAnon:")
 		shm := procStatus(b, cmd.Process.Pid, "RssShmem:") + procStatus(b, cmd.Process.Pid, "RssFile:")
-		var vms []apiVM
-		resp, err := http.Get(url + "/api/vms")
+		vms, err := serveVMs(url)
+		// stop the daemon before any Fatal, which would leave it running
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
 		if err != nil {
 			b.Fatal(err)
 		}
-		json.NewDecoder(resp.Body).Decode(&vms)
-		resp.Body.Close()
+		// a daemon that watches fewer VMs than it was given (none, when
+		// /api/vms failed or every --qmp was dropped) must not pass as a
+		// fast one: its CPU, memory and cycle times are not the benchmark's
+		got := map[string]bool{}
+		for _, v := range vms {
+			got[v.Name] = true
+		}
+		var missing []string
+		for _, name := range names {
+			if !got[name] {
+				missing = append(missing, name)
+			}
+		}
+		if len(missing) > 0 {
+			b.Fatalf("serve watches %d of the %d VMs it was started with; missing: %s", len(vms), len(names), strings.Join(missing, ", "))
+		}
 		var sum, worst float64
 		for _, v := range vms {
 			if v.State != "running" || v.Kernel == "" {
@@ -237,8 +254,6 @@ func BenchmarkServe10(b *testing.B) {
 			sum += v.CycleMs
 			worst = max(worst, v.CycleMs)
 		}
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
 		b.ReportMetric(cpu/window.Seconds()*100, "daemon-CPU-%")
 		b.ReportMetric(float64(hwm)/(1<<20), "peak-RSS-MiB")
 		b.ReportMetric(float64(anon)/(1<<20), "anon-RSS-MiB")
@@ -247,6 +262,23 @@ func BenchmarkServe10(b *testing.B) {
 		b.ReportMetric(worst, "cycle-ms-max")
 		b.ReportMetric(float64(len(vms)), "VMs")
 	}
+}
+
+// serveVMs is the VM list of the daemon at url (GET /api/vms).
+func serveVMs(url string) ([]apiVM, error) {
+	resp, err := http.Get(url + "/api/vms")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s/api/vms: %s", url, resp.Status)
+	}
+	var vms []apiVM
+	if err := json.NewDecoder(resp.Body).Decode(&vms); err != nil {
+		return nil, fmt.Errorf("GET %s/api/vms: %w", url, err)
+	}
+	return vms, nil
 }
 
 // procCPU is a process's user+system CPU time in seconds.

@@ -143,3 +143,76 @@ func TestExportECS(t *testing.T) {
 		t.Fatalf("%s", b.String())
 	}
 }
+
+// An intruder who can rewrite the database and the head file but does not
+// hold the HMAC key edits a record and recomputes the whole chain with plain
+// SHA-256, the only hash it can compute. The forgery is consistent (the
+// journal verifies without the key), yet verification with the key finds
+// every rewritten record and the rewritten head.
+func TestKeyedChainResistsRehash(t *testing.T) {
+	ctx := context.Background()
+	key := []byte("the daemon's key, kept outside the journal's directory")
+	j, p := open(t, key)
+	fill(t, j, 10)
+	recs, err := j.List(ctx, Query{})
+	if err != nil || len(recs) != 10 {
+		t.Fatalf("%d records: %v", len(recs), err)
+	}
+	j.Close()
+
+	db := raw(t, p)
+	forger := &Journal{path: p} // no key
+	var prev string
+	if err := db.QueryRow(`SELECT prev FROM anchor WHERE id = 1`).Scan(&prev); err != nil {
+		t.Fatal(err)
+	}
+	for i := range recs {
+		r := &recs[i]
+		if r.Seq == 5 {
+			r.Message, r.Severity = "nothing happened", "info"
+		}
+		r.PrevHash = prev
+		r.Hash = forger.digest(r)
+		prev = r.Hash
+		if _, err := db.Exec(`UPDATE records SET message = ?, severity = ?, prev = ?, hash = ? WHERE seq = ?`, r.Message, r.Severity, r.PrevHash, r.Hash, r.Seq); err != nil {
+			t.Fatal(err)
+		}
+	}
+	forger.lastSeq, forger.lastHash = recs[9].Seq, recs[9].Hash
+	forger.writeHead()
+
+	// without the key the forgery passes: the test is of the key
+	plain, err := Open(p, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if probs := verify(t, plain); len(probs) != 0 {
+		t.Fatalf("the forged chain does not verify even without the key: %v", probs)
+	}
+
+	for _, k := range [][]byte{key, []byte("another key")} {
+		jk, err := Open(p, Options{Key: k})
+		if err != nil {
+			t.Fatal(err)
+		}
+		probs := verify(t, jk)
+		jk.Close()
+		edited := map[int64]bool{}
+		var all []string
+		for _, pr := range probs {
+			all = append(all, pr.String())
+			if strings.Contains(pr.Reason, "edited") {
+				edited[pr.Seq] = true
+			}
+		}
+		for seq := int64(1); seq <= 10; seq++ {
+			if !edited[seq] {
+				t.Errorf("key %q: record %d rehashed without the key is not reported as edited (problems: %q)", k, seq, all)
+			}
+		}
+		if !strings.Contains(strings.Join(all, "; "), "head file was altered") {
+			t.Errorf("key %q: the head rewritten without the key is not reported (problems: %q)", k, all)
+		}
+	}
+}

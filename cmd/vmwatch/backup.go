@@ -481,11 +481,11 @@ its newest restore point.`,
 			default:
 				return errors.New("give --point ID (see vmwatch backups) or --before-compromise --domain NAME")
 			}
+			if disk, err = restoreDisk(p, disk); err != nil {
+				return err
+			}
 			switch {
 			case to != "":
-				if disk == "" {
-					disk = p.Disks[0].Target
-				}
 				prog, done := progressPrinter("restore " + disk)
 				err := r.RestoreDisk(ctx, p, disk, to, format, force, prog)
 				done()
@@ -515,6 +515,21 @@ its newest restore point.`,
 	f.StringVar(&asDomain, "as-domain", "", "define a new domain with this name from the restore point")
 	f.StringVar(&dir, "dir", "", "directory for the new domain's images (--as-domain)")
 	return cmd
+}
+
+// restoreDisk checks that p holds disks to restore and returns the disk
+// that --to writes: disk when given, else the point's first. A point without
+// disks would restore nothing (and --as-domain would define a domain on the
+// original images), so it is an error whatever the mode.
+func restoreDisk(p *backup.Point, disk string) (string, error) {
+	if len(p.Disks) == 0 {
+		return "", fmt.Errorf("restore point %s of %s (%s) holds no disks, so there is nothing to restore from it: choose another point (vmwatch backups --domain %s) or take a new backup (vmwatch backup -t libvirt:%s)",
+			p.ID, p.Domain, p.Time.Local().Format(time.DateTime), p.Domain, p.Domain)
+	}
+	if disk == "" {
+		return p.Disks[0].Target, nil
+	}
+	return disk, nil
 }
 
 // restoreOnto writes every disk of a point over the domain's images.

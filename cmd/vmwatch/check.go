@@ -104,9 +104,7 @@ if asked, YARA signatures. Exit status: 0 clean, 1 findings at or above
 				return err
 			}
 			_ = s
-			for _, e := range rep.Errors {
-				fmt.Fprintf(os.Stderr, "vmwatch: warning: detector %s did not finish: %s\n", e.Detector, e.Error)
-			}
+			warnDetectors(os.Stderr, rep.Errors)
 			if err := emit(os.Stdout, g.output, rep.Findings, func(tw *tabwriter.Writer) {
 				if len(rep.Findings) == 0 {
 					linef(tw, "no findings (%d detectors, %s)", len(rep.Timings), totalTime(rep))

@@ -31,7 +31,7 @@ func main() {
 		if errors.As(err, &ee) {
 			os.Exit(int(ee))
 		}
-		fmt.Fprintln(os.Stderr, "vmwatch:", err)
+		printError(os.Stderr, err)
 		os.Exit(exitError)
 	}
 	os.Exit(exitOK)

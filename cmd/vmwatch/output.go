@@ -8,6 +8,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"unicode/utf8"
+
+	"github.com/vmwatch/vmwatch/detect"
 )
 
 // emit writes v as JSON (one document), JSON lines (one object per element
@@ -52,6 +54,45 @@ func row(tw *tabwriter.Writer, cells ...any) {
 // what it formats may come from the guest.
 func linef(w io.Writer, format string, args ...any) {
 	fmt.Fprintln(w, escape(fmt.Sprintf(format, args...)))
+}
+
+// errText is an error's message for stderr, escaped as table output is:
+// an error can carry what the guest controls (a process or module name, a
+// finding's title, a walk stopped at a guest's node), which must not forge
+// a line of vmwatch's output or send the terminal an escape sequence. The
+// errors that errors.Join put on lines of their own keep a line each.
+func errText(err error) string {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var msgs, parts []string
+		for _, e := range j.Unwrap() {
+			if e != nil {
+				msgs = append(msgs, e.Error())
+				parts = append(parts, errText(e))
+			}
+		}
+		if len(parts) > 0 && strings.Join(msgs, "\n") == err.Error() {
+			return strings.Join(parts, "\n")
+		}
+	}
+	return escape(err.Error())
+}
+
+// printError is how main reports the error that ends a command.
+func printError(w io.Writer, err error) {
+	fmt.Fprintln(w, "vmwatch:", errText(err))
+}
+
+// warnIncomplete says that a list was cut short while it was read.
+func warnIncomplete(w io.Writer, what string, err error) {
+	fmt.Fprintf(w, "vmwatch: warning: %s incomplete: %s (retry, or use --pause for an exact snapshot)\n", what, errText(err))
+}
+
+// warnDetectors names the detectors of a check that did not finish. (JSON
+// output carries their errors exactly, in the report's errors list.)
+func warnDetectors(w io.Writer, errs []detect.DetectorError) {
+	for _, e := range errs {
+		fmt.Fprintf(w, "vmwatch: warning: detector %s did not finish: %s\n", escape(e.Detector), escape(e.Error))
+	}
 }
 
 // escape makes a string safe to print in text output, where it may come

@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"unicode/utf8"
 
+	"github.com/vmwatch/vmwatch/detect"
 	"github.com/vmwatch/vmwatch/linux"
 )
 
@@ -136,5 +139,44 @@ func TestTextLinesEscape(t *testing.T) {
 	linef(&b, "%s %s: %s", "HIGH", "x", "line\nfake\x1b]0;title\x07")
 	if got, want := b.String(), `HIGH x: line\nfake\x1b]0;title\x07`+"\n"; got != want {
 		t.Errorf("linef wrote %q, want %q", got, want)
+	}
+}
+
+// Errors printed to stderr can carry guest-controlled text (a process name,
+// a module name); it is escaped as in table output, so that it cannot forge
+// a line or send the terminal an escape sequence.
+func TestStderrEscapesGuestText(t *testing.T) {
+	evil := "evil\n\x1b]0;owned\x07\u202egnp.exe"
+	esc := `evil\n\x1b]0;owned\x07\u202egnp.exe`
+	var b bytes.Buffer
+	printError(&b, fmt.Errorf("process 7 (%s): read its mm: %w", evil, errors.New("fault")))
+	if want := "vmwatch: process 7 (" + esc + "): read its mm: fault\n"; b.String() != want {
+		t.Errorf("printError wrote %q, want %q", b.String(), want)
+	}
+	b.Reset()
+	warnIncomplete(&b, "process list", fmt.Errorf("task list: stopped at %s", evil))
+	if want := "vmwatch: warning: process list incomplete: task list: stopped at " + esc + " (retry, or use --pause for an exact snapshot)\n"; b.String() != want {
+		t.Errorf("warnIncomplete wrote %q, want %q", b.String(), want)
+	}
+	b.Reset()
+	warnDetectors(&b, []detect.DetectorError{{Detector: "yara", Error: "process " + evil + ": mm"}})
+	if want := "vmwatch: warning: detector yara did not finish: process " + esc + ": mm\n"; b.String() != want {
+		t.Errorf("warnDetectors wrote %q, want %q", b.String(), want)
+	}
+}
+
+// errors.Join's errors keep a line each; a newline inside one does not.
+func TestErrTextJoin(t *testing.T) {
+	err := errors.Join(errors.New("module a\nb"), nil, errors.New("second"))
+	if got, want := errText(err), "module a\\nb\nsecond"; got != want {
+		t.Errorf("errText(Join) = %q, want %q", got, want)
+	}
+	// several %w: the message is not the parts joined by newlines
+	err = fmt.Errorf("x %w y %w", errors.New("a\n"), errors.New("b"))
+	if got, want := errText(err), `x a\n y b`; got != want {
+		t.Errorf("errText(Errorf) = %q, want %q", got, want)
+	}
+	if got := errText(errors.New("plain: /run/x.sock")); got != "plain: /run/x.sock" {
+		t.Errorf("errText changed a clean message: %q", got)
 	}
 }

@@ -30,7 +30,7 @@ func readList[T any](cmd *cobra.Command, g *globalFlags, what string, view func(
 		return nil, err
 	}
 	if walkErr != nil {
-		fmt.Fprintf(os.Stderr, "vmwatch: warning: %s incomplete: %v (retry, or use --pause for an exact snapshot)\n", what, walkErr)
+		warnIncomplete(os.Stderr, what, walkErr)
 	}
 	return v.([]T), nil
 }
