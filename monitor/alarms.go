@@ -104,6 +104,10 @@ func (a *AlarmDef) validate() error {
 		if a.Warning == nil && a.Critical == nil {
 			return fmt.Errorf("alarm %s: a metric trigger needs warning and/or critical", a.Name)
 		}
+		// a misspelt metric is never sampled: the alarm would stay green forever
+		if err := checkMetricKey(a.Metric); err != nil {
+			return fmt.Errorf("alarm %s: %w", a.Name, err)
+		}
 	}
 	if len(a.States) > 0 {
 		n++

@@ -369,8 +369,8 @@ func (vm *VM) collect(ctx context.Context, now time.Time, m map[string]float64) 
 		m["guest_tasks"] = float64(st.Threads)
 		m["guest_uptime_seconds"] = st.Uptime
 	}
-	ps, _ := vm.k.Processes(linux.PSOptions{})
-	m["guest_processes"] = float64(len(ps))
+	ps, perr := vm.k.Processes(linux.PSOptions{})
+	processCount(m, ps, perr)
 	var top []TopProcess
 	cur := map[int64]float64{}
 	for _, p := range ps {
@@ -402,6 +402,18 @@ func (vm *VM) collect(ctx context.Context, now time.Time, m map[string]float64) 
 	vm.guest, vm.top, vm.prevCPU = st, top, cur
 	vm.procs, vm.mods, vm.socks = ps, mods, socks
 	vm.mu.Unlock()
+}
+
+// processCount sets guest_processes only from a complete walk of the task
+// list: a failed or partial walk leaves the metric absent (as the README
+// promises for a value that could not be read) rather than a count that
+// lies — 0, or the part of the list read before it broke.
+func processCount(m map[string]float64, ps []linux.Process, err error) {
+	if err != nil {
+		delete(m, "guest_processes")
+		return
+	}
+	m["guest_processes"] = float64(len(ps))
 }
 
 func clamp(v, lo, hi float64) float64 { return max(lo, min(hi, v)) }
