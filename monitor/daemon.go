@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vmwatch/vmwatch/detect"
@@ -36,6 +37,11 @@ type Daemon struct {
 	// checks bounds how many VMs run their detectors at once: they are
 	// CPU-bound, and each holds a copy of its kernel's text while it runs
 	checks chan struct{}
+
+	// panics counts the panics recovered in VM loops (VMs removed since included)
+	panics atomic.Uint64
+	// vmHook, when set (tests), sees each new VM before its loop starts
+	vmHook func(*VM)
 
 	bmu     sync.Mutex
 	bstatus map[string]BackupStatus // scheduled backups by domain
@@ -82,6 +88,10 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 	return d, nil
 }
 
+// Panics is how many panics the daemon recovered from in VM loops and
+// alarm actions since it started.
+func (d *Daemon) Panics() uint64 { return d.panics.Load() }
+
 // Journal is the daemon's journal.
 func (d *Daemon) Journal() *journal.Journal { return d.j }
 
@@ -123,6 +133,9 @@ func (d *Daemon) AddVM(name, source string, s VMSettings, c connector) {
 	ctx, cancel := context.WithCancel(d.ctx)
 	vm.cancel = cancel
 	d.vms[name] = vm
+	if d.vmHook != nil {
+		d.vmHook(vm)
+	}
 	data, _ := json.Marshal(map[string]string{"source": source, "monitor": c.describe()})
 	d.record(ctx, journal.Record{VM: name, Kind: journal.KindLifecycle, Severity: "info", Subject: "added", Message: fmt.Sprintf("watching VM %s (%s)", name, c.describe()), Data: data})
 	d.log.Info("watching VM", "vm", name, "via", c.describe())

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -92,8 +93,11 @@ type VM struct {
 	prevCPU   map[int64]float64
 	reset     atomic.Bool // a RESET event: the next cycle finds the kernel again
 	wake      chan struct{}
-	cancel    context.CancelFunc
-	done      chan struct{}
+	// stepFn is one cycle's work, vm.step; tests replace it (a check that panics)
+	stepFn func(context.Context) error
+	panics atomic.Uint64 // panics recovered in this VM's loop
+	cancel context.CancelFunc
+	done   chan struct{}
 }
 
 // TopProcess is a process with its recent CPU use.
@@ -103,10 +107,12 @@ type TopProcess struct {
 }
 
 func newVM(d *Daemon, name, source string, s VMSettings, c connector) *VM {
-	return &VM{Name: name, Source: source, settings: s, conn: c, d: d, state: StateStarting,
+	vm := &VM{Name: name, Source: source, settings: s, conn: c, d: d, state: StateStarting,
 		open: map[string]detect.Finding{}, since: map[string]time.Time{}, alarms: map[string]*AlarmState{},
 		series: NewSeries(s.History.D(), s.MetricsInterval.D()), latest: map[string]float64{},
 		prevCPU: map[int64]float64{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	vm.stepFn = vm.step
+	return vm
 }
 
 // run is the VM's loop: one cycle per metrics interval, checks every
@@ -166,7 +172,7 @@ func (vm *VM) cycle(parent context.Context) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(parent, vm.settings.Deadline.D())
 	defer cancel()
-	err := vm.step(ctx)
+	err := vm.guarded(ctx, "cycle", vm.stepFn)
 	if err != nil && parent.Err() == nil {
 		vm.d.log.Debug("VM cycle", "vm", vm.Name, "err", err)
 	}
@@ -175,6 +181,35 @@ func (vm *VM) cycle(parent context.Context) {
 	vm.cycleMs = float64(time.Since(start).Microseconds()) / 1000
 	vm.mu.Unlock()
 }
+
+// guarded runs f and turns a panic in it into that VM's error: the guest's
+// memory, and the kernel types read from it, are the attacker's, so a
+// parser that trusts one of them too far must cost one cycle of one VM,
+// never the daemon. The panic is logged with its stack, journaled and
+// counted; the loop goes on at the next interval.
+func (vm *VM) guarded(ctx context.Context, where string, f func(context.Context) error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = vm.recovered(ctx, where, r, debug.Stack())
+		}
+	}()
+	return f(ctx)
+}
+
+// recovered records a recovered panic and returns it as an error.
+func (vm *VM) recovered(ctx context.Context, where string, r any, stack []byte) error {
+	n := vm.panics.Add(1)
+	vm.d.panics.Add(1)
+	err := fmt.Errorf("panic in %s (recovered): %v", where, r)
+	vm.d.log.Error("VM panic recovered", "vm", vm.Name, "in", where, "panic", fmt.Sprint(r), "count", n, "stack", string(stack))
+	data, _ := json.Marshal(map[string]any{"in": where, "panic": fmt.Sprint(r), "count": n, "stack": string(stack)})
+	vm.d.record(ctx, journal.Record{VM: vm.Name, Kind: journal.KindDaemon, Severity: "high", Subject: "panic",
+		Message: fmt.Sprintf("VM %s: %v", vm.Name, err), Data: data})
+	return err
+}
+
+// Panics is how many panics the VM's loop recovered from.
+func (vm *VM) Panics() uint64 { return vm.panics.Load() }
 
 func (vm *VM) step(ctx context.Context) error {
 	now := time.Now()
@@ -438,13 +473,7 @@ func (vm *VM) check(ctx context.Context) error {
 		}
 		opt.Baseline = vm.baseline
 	}
-	select {
-	case vm.d.checks <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	rep, err := detect.Run(ctx, vm.k, opt)
-	<-vm.d.checks
+	rep, err := vm.runDetectors(ctx, opt)
 	if err != nil {
 		return err
 	}
@@ -492,6 +521,18 @@ func (vm *VM) check(ctx context.Context) error {
 		return errors.New(strings.Join(e, "; "))
 	}
 	return nil
+}
+
+// runDetectors runs the detectors under the daemon's bound; the slot is
+// given back by a defer, so a detector that panics does not keep it.
+func (vm *VM) runDetectors(ctx context.Context, opt detect.Options) (*detect.Report, error) {
+	select {
+	case vm.d.checks <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-vm.d.checks }()
+	return detect.Run(ctx, vm.k, opt)
 }
 
 // loadOrRecordBaseline keeps one baseline per VM and kernel build in the

@@ -15,6 +15,7 @@ var (
 	findingsDesc = prometheus.NewDesc("vmwatch_findings_open", "Open findings by severity.", []string{"domain", "severity"}, nil)
 	alarmDesc    = prometheus.NewDesc("vmwatch_alarm_level", "Alarm level: 0 green, 1 warning, 2 critical.", []string{"domain", "alarm"}, nil)
 	cycleDesc    = prometheus.NewDesc("vmwatch_cycle_seconds", "Duration of the VM's last monitoring cycle.", []string{"domain"}, nil)
+	panicsDesc   = prometheus.NewDesc("vmwatch_panics_total", "Panics recovered in the VM's loop and its alarm actions (a guest that breaks the introspection).", []string{"domain"}, nil)
 
 	backupLastDesc     = prometheus.NewDesc("vmwatch_backup_last_success_timestamp_seconds", "When the domain's last scheduled backup ended (Unix time).", []string{"domain"}, nil)
 	backupDurationDesc = prometheus.NewDesc("vmwatch_backup_last_duration_seconds", "Duration of the domain's last scheduled backup.", []string{"domain"}, nil)
@@ -44,6 +45,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(upDesc, prometheus.GaugeValue, up, in.Name)
 		ch <- prometheus.MustNewConstMetric(stateDesc, prometheus.GaugeValue, 1, in.Name, in.State)
 		ch <- prometheus.MustNewConstMetric(cycleDesc, prometheus.GaugeValue, in.CycleMs/1000, in.Name)
+		ch <- prometheus.MustNewConstMetric(panicsDesc, prometheus.CounterValue, float64(in.Panics), in.Name)
 		for k, v := range in.Metrics {
 			def, dev, ok := monitor.LookupMetric(k) // declared once, in package monitor
 			if !ok {
