@@ -43,6 +43,9 @@ type Daemon struct {
 	// vmHook, when set (tests), sees each new VM before its loop starts
 	vmHook func(*VM)
 
+	// actions is the queue of alarm actions, served off the VM loops
+	actions *actionQueue
+
 	bmu     sync.Mutex
 	bstatus map[string]BackupStatus // scheduled backups by domain
 }
@@ -55,6 +58,7 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
+	cfg.Actions.setDefaults() // a Config made in code may not have had SetDefaults
 	var key []byte
 	if cfg.Journal.KeyFile != "" {
 		b, err := os.ReadFile(cfg.Journal.KeyFile)
@@ -78,7 +82,8 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 			return nil, err
 		}
 	}
-	d := &Daemon{cfg: cfg, log: log, j: j, rules: rules, vms: map[string]*VM{}, bootstraps: make(chan struct{}, 2), checks: make(chan struct{}, max(2, runtime.GOMAXPROCS(0)))}
+	d := &Daemon{cfg: cfg, log: log, j: j, rules: rules, vms: map[string]*VM{}, bootstraps: make(chan struct{}, 2), checks: make(chan struct{}, max(2, runtime.GOMAXPROCS(0))),
+		actions: newActionQueue(cfg.Actions.QueueSize)}
 	if cfg.Yara != "" {
 		if d.yara, err = detect.CompileYara(cfg.Yara); err != nil {
 			j.Close()
@@ -102,6 +107,7 @@ func (d *Daemon) Config() *Config { return d.cfg }
 func (d *Daemon) Start(ctx context.Context) error {
 	d.ctx, d.stop = context.WithCancel(ctx)
 	d.started = time.Now()
+	d.startActions()
 	data, _ := json.Marshal(map[string]any{"pid": os.Getpid(), "listen": d.cfg.Listen, "vms": len(d.cfg.VMs)})
 	d.record(d.ctx, journal.Record{Kind: journal.KindDaemon, Severity: "info", Subject: "start", Message: "vmwatch serve started", Data: data})
 	for _, v := range d.cfg.VMs {
@@ -181,12 +187,15 @@ func (d *Daemon) VM(name string) (*VM, bool) {
 	return v, ok
 }
 
-// Stop stops every VM loop, writes a last record and closes the journal.
+// Stop stops every VM loop, lets the queued alarm actions finish for the
+// shutdown grace (cancelling them after it), writes a last record and
+// closes the journal.
 func (d *Daemon) Stop() {
 	if d.stop != nil {
 		d.stop()
 	}
 	d.wg.Wait()
+	d.stopActions()
 	d.record(context.Background(), journal.Record{Kind: journal.KindDaemon, Severity: "info", Subject: "stop", Message: "vmwatch serve stopped"})
 	d.j.Close()
 }

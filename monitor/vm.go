@@ -607,7 +607,7 @@ func (vm *VM) alarmsEval(ctx context.Context, now time.Time, metrics map[string]
 			Message: fmt.Sprintf("alarm %s: %s -> %s: %s", a.Name, old, lvl, msg), Data: data})
 		for _, act := range a.Actions {
 			if act.runsOn(lvl) {
-				vm.d.runAction(context.WithoutCancel(ctx), vm, act, tr)
+				vm.d.enqueueAction(vm, act, tr) // never blocks the loop
 			}
 		}
 	}
