@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -119,7 +120,7 @@ func (d *Daemon) startActions() {
 					return
 				}
 				if cancelled {
-					d.actionNotRun(j, "cancelled: the daemon stopped before it ran")
+					d.actionNotRun(j, "high", "cancelled: the daemon stopped before it ran")
 				} else {
 					d.runJob(j)
 				}
@@ -146,7 +147,7 @@ func (d *Daemon) stopActions() {
 		q.jobs = nil
 		q.mu.Unlock()
 		for _, j := range jobs {
-			d.actionNotRun(j, "cancelled: the daemon stopped before it ran")
+			d.actionNotRun(j, "high", "cancelled: the daemon stopped before it ran")
 		}
 		return
 	}
@@ -175,16 +176,20 @@ func (d *Daemon) enqueueAction(vm *VM, a ActionDef, tr Transition) bool {
 		if n < d.cfg.Actions.QueueSize {
 			why = "dropped: the daemon is stopping"
 		}
-		d.actionNotRun(j, why)
+		d.actionNotRun(j, "high", why)
 	}
 	return ok
 }
 
 // actionNotRun logs and journals an action that was not carried out.
-func (d *Daemon) actionNotRun(j actionJob, why string) {
-	d.log.Error("alarm action not run", "vm", j.vm.Name, "alarm", j.tr.Alarm, "action", j.act.kind(), "level", j.tr.To.String(), "why", why)
+func (d *Daemon) actionNotRun(j actionJob, sev, why string) {
+	lvl := slog.LevelError
+	if sev == "info" {
+		lvl = slog.LevelInfo
+	}
+	d.log.Log(context.Background(), lvl, "alarm action not run", "vm", j.vm.Name, "alarm", j.tr.Alarm, "action", j.act.kind(), "level", j.tr.To.String(), "why", why)
 	data, _ := json.Marshal(map[string]any{"action": j.act.kind(), "alarm": j.tr.Alarm, "level": j.tr.To.String(), "error": why})
-	d.record(context.Background(), journal.Record{VM: j.vm.Name, Kind: journal.KindAction, Severity: "high", Subject: j.tr.Alarm + "/" + j.act.kind(),
+	d.record(context.Background(), journal.Record{VM: j.vm.Name, Kind: journal.KindAction, Severity: sev, Subject: j.tr.Alarm + "/" + j.act.kind(),
 		Message: fmt.Sprintf("%s for alarm %s (%s) not run: %s", j.act.kind(), j.tr.Alarm, j.tr.To, why), Data: data})
 }
 

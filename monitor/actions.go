@@ -82,6 +82,10 @@ func (a *ActionDef) validate() error {
 	return nil
 }
 
+// disruptive actions stop the guest or its network: they wait for the
+// alarm's confirm_checks.
+func (a *ActionDef) disruptive() bool { return a.PauseVM || a.CutNetwork }
+
 // runsOn reports whether the action runs on a transition to level.
 func (a *ActionDef) runsOn(l Level) bool {
 	if len(a.On) == 0 {

@@ -86,6 +86,7 @@ type VM struct {
 	mods      []linux.Module
 	socks     []linux.Socket
 	lastCheck time.Time
+	checkGen  uint64 // detector runs that updated the open findings
 	cycleMs   float64
 	baseline  *detect.Baseline
 	prevHost  *HostSample
@@ -484,6 +485,7 @@ func (vm *VM) check(ctx context.Context) error {
 	vm.mu.Lock()
 	prev := vm.open
 	vm.open = now
+	vm.checkGen++
 	vm.lastCheck = time.Now()
 	since := map[string]time.Time{}
 	for k, f := range now {
@@ -571,7 +573,7 @@ func safeName(s string) string {
 // alarmsEval evaluates every alarm for the VM and acts on changes.
 func (vm *VM) alarmsEval(ctx context.Context, now time.Time, metrics map[string]float64) {
 	vm.mu.RLock()
-	in := alarmInput{now: now, metrics: metrics, state: vm.state}
+	in := alarmInput{now: now, metrics: metrics, state: vm.state, checkGen: vm.checkGen}
 	for _, f := range vm.open {
 		in.findings = append(in.findings, f)
 	}
@@ -589,12 +591,39 @@ func (vm *VM) alarmsEval(ctx context.Context, now time.Time, metrics map[string]
 			vm.alarms[a.Name] = st
 		}
 		old := st.Level
+		fresh := a.fresh(st, in)
 		lvl, msg := a.evaluate(st, in)
 		st.Message = msg
+		prevHeld := st.held
 		if lvl != old {
-			st.Level, st.Since = lvl, now
+			st.Level, st.Since, st.held = lvl, now, 0
 		}
+		if fresh && lvl > Green {
+			st.held++
+		}
+		// disruptive actions of an earlier change: run once confirmed,
+		// dropped when the level moved before
+		var confirmed, unconfirmed []ActionDef
+		ptr := st.pendingTr
+		if len(st.pending) > 0 {
+			switch {
+			case lvl != old:
+				unconfirmed = st.pending
+				st.pending = nil
+			case st.held >= a.confirmChecks():
+				confirmed = st.pending
+				st.pending = nil
+			}
+		}
+		held := st.held
 		vm.mu.Unlock()
+		for _, act := range unconfirmed {
+			vm.d.actionNotRun(actionJob{vm: vm, act: act, tr: ptr}, "info", fmt.Sprintf("not confirmed: the alarm left %s after %d of %d checks (confirm_checks)", ptr.To, prevHeld, a.confirmChecks()))
+		}
+		for _, act := range confirmed {
+			vm.d.log.Info("alarm confirmed: disruptive action queued", "vm", vm.Name, "alarm", a.Name, "action", act.kind(), "checks", held)
+			vm.d.enqueueAction(vm, act, ptr)
+		}
 		if lvl == old {
 			continue
 		}
@@ -605,10 +634,22 @@ func (vm *VM) alarmsEval(ctx context.Context, now time.Time, metrics map[string]
 		data, _ := json.Marshal(tr)
 		vm.d.record(ctx, journal.Record{VM: vm.Name, Kind: journal.KindAlarm, Severity: lvl.String(), Subject: a.Name,
 			Message: fmt.Sprintf("alarm %s: %s -> %s: %s", a.Name, old, lvl, msg), Data: data})
+		var wait []ActionDef
 		for _, act := range a.Actions {
-			if act.runsOn(lvl) {
-				vm.d.enqueueAction(vm, act, tr) // never blocks the loop
+			if !act.runsOn(lvl) {
+				continue
 			}
+			if act.disruptive() && held < a.confirmChecks() {
+				wait = append(wait, act)
+				continue
+			}
+			vm.d.enqueueAction(vm, act, tr) // never blocks the loop
+		}
+		if len(wait) > 0 {
+			vm.mu.Lock()
+			st.pending, st.pendingTr = wait, tr
+			vm.mu.Unlock()
+			vm.d.log.Info("alarm raised: disruptive actions wait for confirmation", "vm", vm.Name, "alarm", a.Name, "level", lvl.String(), "confirm_checks", a.confirmChecks())
 		}
 	}
 }
