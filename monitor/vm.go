@@ -97,8 +97,13 @@ type VM struct {
 	// stepFn is one cycle's work, vm.step; tests replace it (a check that panics)
 	stepFn func(context.Context) error
 	panics atomic.Uint64 // panics recovered in this VM's loop
-	cancel context.CancelFunc
-	done   chan struct{}
+	// the last panic journaled, when, and the repeats since (not journaled)
+	pmu           sync.Mutex
+	lastPanic     string
+	lastPanicRec  time.Time
+	panicsSkipped uint64
+	cancel        context.CancelFunc
+	done          chan struct{}
 }
 
 // TopProcess is a process with its recent CPU use.
@@ -197,17 +202,37 @@ func (vm *VM) guarded(ctx context.Context, where string, f func(context.Context)
 	return f(ctx)
 }
 
-// recovered records a recovered panic and returns it as an error.
+// recovered records a recovered panic and returns it as an error. A guest
+// that makes every cycle panic the same way must not flood the journal (and
+// push older records out through retention): a repeat of the last panic is
+// journaled at most every panicRepeat, with the count of those in between.
 func (vm *VM) recovered(ctx context.Context, where string, r any, stack []byte) error {
 	n := vm.panics.Add(1)
 	vm.d.panics.Add(1)
 	err := fmt.Errorf("panic in %s (recovered): %v", where, r)
+	now := time.Now()
+	vm.pmu.Lock()
+	repeat := err.Error() == vm.lastPanic && now.Sub(vm.lastPanicRec) < panicRepeat
+	skipped := vm.panicsSkipped // repeats of the last journaled panic since
+	if repeat {
+		vm.panicsSkipped++
+	} else {
+		vm.lastPanic, vm.lastPanicRec, vm.panicsSkipped = err.Error(), now, 0
+	}
+	vm.pmu.Unlock()
+	if repeat {
+		vm.d.log.Warn("VM panic recovered again", "vm", vm.Name, "in", where, "panic", fmt.Sprint(r), "count", n)
+		return err
+	}
 	vm.d.log.Error("VM panic recovered", "vm", vm.Name, "in", where, "panic", fmt.Sprint(r), "count", n, "stack", string(stack))
-	data, _ := json.Marshal(map[string]any{"in": where, "panic": fmt.Sprint(r), "count": n, "stack": string(stack)})
+	data, _ := json.Marshal(map[string]any{"in": where, "panic": fmt.Sprint(r), "count": n, "repeats_not_journaled": skipped, "stack": string(stack)})
 	vm.d.record(ctx, journal.Record{VM: vm.Name, Kind: journal.KindDaemon, Severity: "high", Subject: "panic",
 		Message: fmt.Sprintf("VM %s: %v", vm.Name, err), Data: data})
 	return err
 }
+
+// panicRepeat is how often the same panic of one VM is journaled again.
+const panicRepeat = 10 * time.Minute
 
 // Panics is how many panics the VM's loop recovered from.
 func (vm *VM) Panics() uint64 { return vm.panics.Load() }
