@@ -664,7 +664,7 @@ func (vm *VM) alarmsEval(ctx context.Context, now time.Time, metrics map[string]
 			if !act.runsOn(lvl) {
 				continue
 			}
-			if act.disruptive() && held < a.confirmChecks() {
+			if act.disruptive() && lvl > Green && held < a.confirmChecks() {
 				wait = append(wait, act)
 				continue
 			}
