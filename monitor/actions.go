@@ -82,9 +82,12 @@ func (a *ActionDef) validate() error {
 	return nil
 }
 
-// disruptive actions stop the guest or its network: they wait for the
-// alarm's confirm_checks.
-func (a *ActionDef) disruptive() bool { return a.PauseVM || a.CutNetwork }
+// disruptive actions stop the guest or its network, and wait for the
+// alarm's confirm_checks: pause_vm, cut_network, and capture_evidence too,
+// since QEMU stops the guest's vCPUs for as long as dump-guest-memory
+// writes (seconds to minutes), and a dump after pause_vm — the order an
+// alarm lists them in — is the consistent one.
+func (a *ActionDef) disruptive() bool { return a.PauseVM || a.CutNetwork || a.CaptureEvidence }
 
 // runsOn reports whether the action runs on a transition to level.
 func (a *ActionDef) runsOn(l Level) bool {

@@ -71,10 +71,11 @@ type AlarmDef struct {
 	Actions []ActionDef `yaml:"actions" json:"actions,omitempty"`
 
 	// ConfirmChecks is how many consecutive checks the alarm's level must
-	// hold before its disruptive actions (pause_vm, cut_network) run
+	// hold before its response actions (pause_vm, cut_network,
+	// capture_evidence: each stops the guest or its network) run
 	// (default 2; 1 runs them at once). A check is a detector run for a
 	// finding trigger and a cycle with a sample for a metric or state
-	// trigger. Notifications and capture_evidence run at the change.
+	// trigger. Notifications (log, webhook, command) run at the change.
 	ConfirmChecks int `yaml:"confirm_checks" json:"confirm_checks,omitempty"`
 }
 

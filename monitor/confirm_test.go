@@ -23,7 +23,7 @@ func setFindings(vm *VM, fs ...detect.Finding) {
 func TestConfirmChecksBeforeDisruptiveActions(t *testing.T) {
 	d := testDaemon(t, func(c *Config) {
 		c.Alarms = []AlarmDef{
-			{Name: "rootkit", Finding: &FindingTrigger{Severity: "critical"}, Actions: []ActionDef{{Log: true}, {PauseVM: true}, {CutNetwork: true}}},
+			{Name: "rootkit", Finding: &FindingTrigger{Severity: "critical"}, Actions: []ActionDef{{Log: true}, {PauseVM: true}, {CutNetwork: true}, {CaptureEvidence: true}}},
 			{Name: "at-once", Finding: &FindingTrigger{ID: "other"}, ConfirmChecks: 1, Actions: []ActionDef{{PauseVM: true}}},
 		}
 	})
@@ -46,7 +46,7 @@ func TestConfirmChecksBeforeDisruptiveActions(t *testing.T) {
 	vm.alarmsEval(ctx, time.Now(), map[string]float64{})
 	vm.alarmsEval(ctx, time.Now(), map[string]float64{})
 	time.Sleep(100 * time.Millisecond)
-	if s := subjects(); s["rootkit/pause_vm"] != "" || s["rootkit/cut_network"] != "" {
+	if s := subjects(); s["rootkit/pause_vm"] != "" || s["rootkit/cut_network"] != "" || s["rootkit/capture_evidence"] != "" {
 		t.Fatalf("disruptive actions ran after one check: %v", s)
 	}
 	// second check still sees it: confirmed (they fail here, with no monitor: they ran)
@@ -54,7 +54,8 @@ func TestConfirmChecksBeforeDisruptiveActions(t *testing.T) {
 	vm.alarmsEval(ctx, time.Now(), map[string]float64{})
 	waitFor(t, "pause_vm and cut_network", func() bool {
 		s := subjects()
-		return strings.Contains(s["rootkit/pause_vm"], "no monitor") && strings.Contains(s["rootkit/cut_network"], "no monitor")
+		return strings.Contains(s["rootkit/pause_vm"], "no monitor") && strings.Contains(s["rootkit/cut_network"], "no monitor") &&
+			strings.Contains(s["rootkit/capture_evidence"], "no monitor")
 	})
 
 	// a finding seen at one check only never pauses
