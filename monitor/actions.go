@@ -82,6 +82,13 @@ func (a *ActionDef) validate() error {
 	return nil
 }
 
+// disruptive actions stop the guest or its network, and wait for the
+// alarm's confirm_checks: pause_vm, cut_network, and capture_evidence too,
+// since QEMU stops the guest's vCPUs for as long as dump-guest-memory
+// writes (seconds to minutes), and a dump after pause_vm — the order an
+// alarm lists them in — is the consistent one.
+func (a *ActionDef) disruptive() bool { return a.PauseVM || a.CutNetwork || a.CaptureEvidence }
+
 // runsOn reports whether the action runs on a transition to level.
 func (a *ActionDef) runsOn(l Level) bool {
 	if len(a.On) == 0 {
@@ -123,10 +130,14 @@ type Transition struct {
 }
 
 // runAction carries out one action and journals what happened.
-func (d *Daemon) runAction(ctx context.Context, vm *VM, a ActionDef, tr Transition) {
+// ctx carries its deadline; waited is how long it sat in the queue.
+func (d *Daemon) runAction(ctx context.Context, vm *VM, a ActionDef, tr Transition, waited time.Duration) {
 	start := time.Now()
 	detail, err := d.doAction(ctx, vm, a, tr)
-	res := map[string]any{"action": a.kind(), "alarm": tr.Alarm, "level": tr.To.String(), "ms": time.Since(start).Milliseconds()}
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		err = fmt.Errorf("deadline of %s exceeded: %w", d.cfg.Actions.Timeouts.of(a.kind()), err)
+	}
+	res := map[string]any{"action": a.kind(), "alarm": tr.Alarm, "level": tr.To.String(), "ms": time.Since(start).Milliseconds(), "queued_ms": waited.Milliseconds()}
 	for k, v := range detail {
 		res[k] = v
 	}
@@ -166,13 +177,18 @@ func (d *Daemon) doAction(ctx context.Context, vm *VM, a ActionDef, tr Transitio
 				cancel()
 				last = fmt.Errorf("webhook %s: %v", redactURL(a.Webhook), strings.ReplaceAll(err.Error(), a.Webhook, redactURL(a.Webhook)))
 			}
-			time.Sleep(time.Duration(try+1) * 500 * time.Millisecond)
+			if try == 2 {
+				break
+			}
+			select {
+			case <-ctx.Done(): // the action's deadline: no more tries
+				return map[string]any{"url": redactURL(a.Webhook)}, last
+			case <-time.After(time.Duration(try+1) * 500 * time.Millisecond):
+			}
 		}
 		return map[string]any{"url": redactURL(a.Webhook)}, last
 	case len(a.Command) > 0:
-		c, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		cmd := exec.CommandContext(c, a.Command[0], a.Command[1:]...)
+		cmd := exec.CommandContext(ctx, a.Command[0], a.Command[1:]...)
 		cmd.Env = append(os.Environ(), "VMWATCH_ALARM="+tr.Alarm, "VMWATCH_VM="+tr.VM, "VMWATCH_LEVEL="+tr.To.String(),
 			"VMWATCH_PREVIOUS_LEVEL="+tr.From.String(), "VMWATCH_MESSAGE="+tr.Message, "VMWATCH_TIME="+tr.Time.Format(time.RFC3339))
 		out, err := cmd.CombinedOutput()
@@ -214,9 +230,7 @@ func (d *Daemon) captureEvidence(ctx context.Context, vm *VM, tr Transition) (ma
 	if err := os.WriteFile(findings, fb, 0o600); err != nil {
 		return nil, err
 	}
-	c, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	defer cancel()
-	if err := vm.dumpMemory(c, dump); err != nil {
+	if err := vm.dumpMemory(ctx, dump); err != nil { // under the action's deadline
 		return map[string]any{"findings_file": findings}, fmt.Errorf("memory dump: %w", err)
 	}
 	hd, err := fileSHA256(dump)

@@ -69,6 +69,22 @@ type AlarmDef struct {
 	Level string `yaml:"level" json:"level,omitempty"`
 
 	Actions []ActionDef `yaml:"actions" json:"actions,omitempty"`
+
+	// ConfirmChecks is how many consecutive checks the alarm's level must
+	// hold before its response actions (pause_vm, cut_network,
+	// capture_evidence: each stops the guest or its network) run
+	// (default 2; 1 runs them at once). A check is a detector run for a
+	// finding trigger and a cycle with a sample for a metric or state
+	// trigger. Notifications (log, webhook, command) run at the change.
+	ConfirmChecks int `yaml:"confirm_checks" json:"confirm_checks,omitempty"`
+}
+
+// confirmChecks is ConfirmChecks with its default.
+func (a *AlarmDef) confirmChecks() int {
+	if a.ConfirmChecks <= 0 {
+		return 2
+	}
+	return a.ConfirmChecks
 }
 
 // FindingTrigger selects findings.
@@ -104,6 +120,10 @@ func (a *AlarmDef) validate() error {
 		if a.Warning == nil && a.Critical == nil {
 			return fmt.Errorf("alarm %s: a metric trigger needs warning and/or critical", a.Name)
 		}
+		// a misspelt metric is never sampled: the alarm would stay green forever
+		if err := checkMetricKey(a.Metric); err != nil {
+			return fmt.Errorf("alarm %s: %w", a.Name, err)
+		}
 	}
 	if len(a.States) > 0 {
 		n++
@@ -125,6 +145,9 @@ func (a *AlarmDef) validate() error {
 	}
 	if n != 1 {
 		return fmt.Errorf("alarm %s: give exactly one trigger (metric, states or finding)", a.Name)
+	}
+	if a.ConfirmChecks < 0 || a.ConfirmChecks > 1000 {
+		return fmt.Errorf("alarm %s: confirm_checks %d: want 1 to 1000 (default 2)", a.Name, a.ConfirmChecks)
 	}
 	if a.Level != "" {
 		if _, err := parseLevel(a.Level); err != nil {
@@ -160,6 +183,15 @@ type AlarmState struct {
 	Message string    `json:"message"`
 
 	warnSince, critSince time.Time
+
+	// held counts the consecutive checks at Level (above green); seen is
+	// the VM's detector run a finding trigger last counted
+	held int
+	seen uint64
+	// pending are disruptive actions of the last change waiting for
+	// confirm_checks
+	pending   []ActionDef
+	pendingTr Transition
 }
 
 // alarmInput is what alarms look at in one cycle.
@@ -168,6 +200,24 @@ type alarmInput struct {
 	metrics  map[string]float64
 	state    string
 	findings []detect.Finding
+	checkGen uint64 // the VM's detector runs so far: findings are fresh when it moves
+}
+
+// fresh reports whether this evaluation saw new input for the alarm's
+// trigger, and so counts as a check for confirm_checks.
+func (a *AlarmDef) fresh(st *AlarmState, in alarmInput) bool {
+	switch {
+	case a.Metric != "":
+		_, ok := in.metrics[a.Metric]
+		return ok
+	case a.Finding != nil:
+		if in.checkGen == st.seen {
+			return false
+		}
+		st.seen = in.checkGen
+		return true
+	}
+	return true
 }
 
 // evaluate returns the alarm's new level and a message.

@@ -66,6 +66,96 @@ type Config struct {
 	DefaultAlarms *bool      `yaml:"default_alarms"`
 	// Backup schedules backups of libvirt domains.
 	Backup BackupConf `yaml:"backup"`
+	// Actions configures how alarm actions run.
+	Actions ActionsConf `yaml:"actions"`
+}
+
+// ActionsConf configures the queue of alarm actions: they run off the VMs'
+// loops, in a bounded queue served by a few workers, each under a deadline.
+type ActionsConf struct {
+	// Workers run actions at once (default 4).
+	Workers int `yaml:"workers"`
+	// QueueSize bounds the actions waiting; more are dropped (default 256).
+	QueueSize int `yaml:"queue_size"`
+	// ShutdownGrace is how long a stopping daemon waits for queued and
+	// running actions before it cancels them (default 10s).
+	ShutdownGrace Duration `yaml:"shutdown_grace"`
+	// Timeouts bound one action of each kind.
+	Timeouts ActionTimeouts `yaml:"timeouts"`
+}
+
+// ActionTimeouts are the deadlines of the action kinds.
+type ActionTimeouts struct {
+	Log             Duration `yaml:"log"`              // default 5s
+	Webhook         Duration `yaml:"webhook"`          // default 45s: three tries of up to 10 s and the waits between them
+	Command         Duration `yaml:"command"`          // default 30s
+	PauseVM         Duration `yaml:"pause_vm"`         // default 30s
+	CutNetwork      Duration `yaml:"cut_network"`      // default 30s
+	CaptureEvidence Duration `yaml:"capture_evidence"` // default 10m: a memory dump of a large guest
+}
+
+func (a *ActionsConf) setDefaults() {
+	if a.Workers == 0 {
+		a.Workers = 4
+	}
+	if a.QueueSize == 0 {
+		a.QueueSize = 256
+	}
+	if a.ShutdownGrace == 0 {
+		a.ShutdownGrace = Duration(10 * time.Second)
+	}
+	a.Timeouts.setDefaults()
+}
+
+func (t *ActionTimeouts) setDefaults() {
+	for _, f := range []struct {
+		d   *Duration
+		def time.Duration
+	}{{&t.Log, 5 * time.Second}, {&t.Webhook, 45 * time.Second}, {&t.Command, 30 * time.Second},
+		{&t.PauseVM, 30 * time.Second}, {&t.CutNetwork, 30 * time.Second}, {&t.CaptureEvidence, 10 * time.Minute}} {
+		if *f.d == 0 {
+			*f.d = Duration(f.def)
+		}
+	}
+}
+
+// of is the deadline of an action kind.
+func (t ActionTimeouts) of(kind string) time.Duration {
+	switch kind {
+	case "log":
+		return t.Log.D()
+	case "webhook":
+		return t.Webhook.D()
+	case "command":
+		return t.Command.D()
+	case "pause_vm":
+		return t.PauseVM.D()
+	case "cut_network":
+		return t.CutNetwork.D()
+	case "capture_evidence":
+		return t.CaptureEvidence.D()
+	}
+	return 30 * time.Second
+}
+
+func (a *ActionsConf) validate() error {
+	var errs []error
+	if a.Workers < 1 || a.Workers > 64 {
+		errs = append(errs, fmt.Errorf("actions.workers %d: want 1 to 64", a.Workers))
+	}
+	if a.QueueSize < 1 {
+		errs = append(errs, fmt.Errorf("actions.queue_size %d: want at least 1", a.QueueSize))
+	}
+	if a.ShutdownGrace < 0 {
+		errs = append(errs, errors.New("actions.shutdown_grace is negative"))
+	}
+	t := a.Timeouts
+	for name, d := range map[string]Duration{"log": t.Log, "webhook": t.Webhook, "command": t.Command, "pause_vm": t.PauseVM, "cut_network": t.CutNetwork, "capture_evidence": t.CaptureEvidence} {
+		if d < 0 {
+			errs = append(errs, fmt.Errorf("actions.timeouts.%s is negative", name))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // VMSettings are per-VM schedule settings.
@@ -129,6 +219,7 @@ func (c *Config) SetDefaults() {
 	if c.Journal.MaxRecords == 0 {
 		c.Journal.MaxRecords = 1_000_000
 	}
+	c.Actions.setDefaults()
 	for i := range c.VMs {
 		c.VMs[i].VMSettings = c.VMs[i].VMSettings.over(c.Defaults)
 	}
@@ -228,6 +319,9 @@ func (c *Config) Validate() error {
 		if err := a.validate(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := c.Actions.validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := c.Backup.validate(); err != nil {
 		errs = append(errs, err)

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vmwatch/vmwatch/detect"
@@ -37,6 +38,14 @@ type Daemon struct {
 	// CPU-bound, and each holds a copy of its kernel's text while it runs
 	checks chan struct{}
 
+	// panics counts the panics recovered in VM loops (VMs removed since included)
+	panics atomic.Uint64
+	// vmHook, when set (tests), sees each new VM before its loop starts
+	vmHook func(*VM)
+
+	// actions is the queue of alarm actions, served off the VM loops
+	actions *actionQueue
+
 	bmu     sync.Mutex
 	bstatus map[string]BackupStatus // scheduled backups by domain
 }
@@ -49,6 +58,7 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
+	cfg.Actions.setDefaults() // a Config made in code may not have had SetDefaults
 	var key []byte
 	if cfg.Journal.KeyFile != "" {
 		b, err := os.ReadFile(cfg.Journal.KeyFile)
@@ -72,7 +82,8 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 			return nil, err
 		}
 	}
-	d := &Daemon{cfg: cfg, log: log, j: j, rules: rules, vms: map[string]*VM{}, bootstraps: make(chan struct{}, 2), checks: make(chan struct{}, max(2, runtime.GOMAXPROCS(0)))}
+	d := &Daemon{cfg: cfg, log: log, j: j, rules: rules, vms: map[string]*VM{}, bootstraps: make(chan struct{}, 2), checks: make(chan struct{}, max(2, runtime.GOMAXPROCS(0))),
+		actions: newActionQueue(cfg.Actions.QueueSize)}
 	if cfg.Yara != "" {
 		if d.yara, err = detect.CompileYara(cfg.Yara); err != nil {
 			j.Close()
@@ -81,6 +92,10 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 	}
 	return d, nil
 }
+
+// Panics is how many panics the daemon recovered from in VM loops and
+// alarm actions since it started.
+func (d *Daemon) Panics() uint64 { return d.panics.Load() }
 
 // Journal is the daemon's journal.
 func (d *Daemon) Journal() *journal.Journal { return d.j }
@@ -92,6 +107,7 @@ func (d *Daemon) Config() *Config { return d.cfg }
 func (d *Daemon) Start(ctx context.Context) error {
 	d.ctx, d.stop = context.WithCancel(ctx)
 	d.started = time.Now()
+	d.startActions()
 	data, _ := json.Marshal(map[string]any{"pid": os.Getpid(), "listen": d.cfg.Listen, "vms": len(d.cfg.VMs)})
 	d.record(d.ctx, journal.Record{Kind: journal.KindDaemon, Severity: "info", Subject: "start", Message: "vmwatch serve started", Data: data})
 	for _, v := range d.cfg.VMs {
@@ -123,6 +139,9 @@ func (d *Daemon) AddVM(name, source string, s VMSettings, c connector) {
 	ctx, cancel := context.WithCancel(d.ctx)
 	vm.cancel = cancel
 	d.vms[name] = vm
+	if d.vmHook != nil {
+		d.vmHook(vm)
+	}
 	data, _ := json.Marshal(map[string]string{"source": source, "monitor": c.describe()})
 	d.record(ctx, journal.Record{VM: name, Kind: journal.KindLifecycle, Severity: "info", Subject: "added", Message: fmt.Sprintf("watching VM %s (%s)", name, c.describe()), Data: data})
 	d.log.Info("watching VM", "vm", name, "via", c.describe())
@@ -168,12 +187,15 @@ func (d *Daemon) VM(name string) (*VM, bool) {
 	return v, ok
 }
 
-// Stop stops every VM loop, writes a last record and closes the journal.
+// Stop stops every VM loop, lets the queued alarm actions finish for the
+// shutdown grace (cancelling them after it), writes a last record and
+// closes the journal.
 func (d *Daemon) Stop() {
 	if d.stop != nil {
 		d.stop()
 	}
 	d.wg.Wait()
+	d.stopActions()
 	d.record(context.Background(), journal.Record{Kind: journal.KindDaemon, Severity: "info", Subject: "stop", Message: "vmwatch serve stopped"})
 	d.j.Close()
 }

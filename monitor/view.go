@@ -22,6 +22,7 @@ type VMInfo struct {
 	Metrics      map[string]float64 `json:"metrics"`
 	LastCheck    *time.Time         `json:"last_check,omitempty"`
 	CycleMs      float64            `json:"cycle_ms"`
+	Panics       uint64             `json:"panics"` // recovered in the VM's loop since it was added
 }
 
 // Info summarises the VM.
@@ -29,7 +30,7 @@ func (vm *VM) Info() VMInfo {
 	vm.mu.RLock()
 	defer vm.mu.RUnlock()
 	in := VMInfo{Name: vm.Name, Source: vm.Source, Monitor: vm.conn.describe(), State: vm.state, Kernel: vm.kernel,
-		Error: vm.lastErr, OpenFindings: len(vm.open), Metrics: map[string]float64{}, CycleMs: vm.cycleMs}
+		Error: vm.lastErr, OpenFindings: len(vm.open), Metrics: map[string]float64{}, CycleMs: vm.cycleMs, Panics: vm.panics.Load()}
 	for k, v := range vm.latest {
 		in.Metrics[k] = v
 	}

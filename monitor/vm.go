@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -85,6 +86,7 @@ type VM struct {
 	mods      []linux.Module
 	socks     []linux.Socket
 	lastCheck time.Time
+	checkGen  uint64 // detector runs that updated the open findings
 	cycleMs   float64
 	baseline  *detect.Baseline
 	prevHost  *HostSample
@@ -92,8 +94,16 @@ type VM struct {
 	prevCPU   map[int64]float64
 	reset     atomic.Bool // a RESET event: the next cycle finds the kernel again
 	wake      chan struct{}
-	cancel    context.CancelFunc
-	done      chan struct{}
+	// stepFn is one cycle's work, vm.step; tests replace it (a check that panics)
+	stepFn func(context.Context) error
+	panics atomic.Uint64 // panics recovered in this VM's loop
+	// the last panic journaled, when, and the repeats since (not journaled)
+	pmu           sync.Mutex
+	lastPanic     string
+	lastPanicRec  time.Time
+	panicsSkipped uint64
+	cancel        context.CancelFunc
+	done          chan struct{}
 }
 
 // TopProcess is a process with its recent CPU use.
@@ -103,10 +113,12 @@ type TopProcess struct {
 }
 
 func newVM(d *Daemon, name, source string, s VMSettings, c connector) *VM {
-	return &VM{Name: name, Source: source, settings: s, conn: c, d: d, state: StateStarting,
+	vm := &VM{Name: name, Source: source, settings: s, conn: c, d: d, state: StateStarting,
 		open: map[string]detect.Finding{}, since: map[string]time.Time{}, alarms: map[string]*AlarmState{},
 		series: NewSeries(s.History.D(), s.MetricsInterval.D()), latest: map[string]float64{},
 		prevCPU: map[int64]float64{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	vm.stepFn = vm.step
+	return vm
 }
 
 // run is the VM's loop: one cycle per metrics interval, checks every
@@ -166,7 +178,7 @@ func (vm *VM) cycle(parent context.Context) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(parent, vm.settings.Deadline.D())
 	defer cancel()
-	err := vm.step(ctx)
+	err := vm.guarded(ctx, "cycle", vm.stepFn)
 	if err != nil && parent.Err() == nil {
 		vm.d.log.Debug("VM cycle", "vm", vm.Name, "err", err)
 	}
@@ -175,6 +187,55 @@ func (vm *VM) cycle(parent context.Context) {
 	vm.cycleMs = float64(time.Since(start).Microseconds()) / 1000
 	vm.mu.Unlock()
 }
+
+// guarded runs f and turns a panic in it into that VM's error: the guest's
+// memory, and the kernel types read from it, are the attacker's, so a
+// parser that trusts one of them too far must cost one cycle of one VM,
+// never the daemon. The panic is logged with its stack, journaled and
+// counted; the loop goes on at the next interval.
+func (vm *VM) guarded(ctx context.Context, where string, f func(context.Context) error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = vm.recovered(ctx, where, r, debug.Stack())
+		}
+	}()
+	return f(ctx)
+}
+
+// recovered records a recovered panic and returns it as an error. A guest
+// that makes every cycle panic the same way must not flood the journal (and
+// push older records out through retention): a repeat of the last panic is
+// journaled at most every panicRepeat, with the count of those in between.
+func (vm *VM) recovered(ctx context.Context, where string, r any, stack []byte) error {
+	n := vm.panics.Add(1)
+	vm.d.panics.Add(1)
+	err := fmt.Errorf("panic in %s (recovered): %v", where, r)
+	now := time.Now()
+	vm.pmu.Lock()
+	repeat := err.Error() == vm.lastPanic && now.Sub(vm.lastPanicRec) < panicRepeat
+	skipped := vm.panicsSkipped // repeats of the last journaled panic since
+	if repeat {
+		vm.panicsSkipped++
+	} else {
+		vm.lastPanic, vm.lastPanicRec, vm.panicsSkipped = err.Error(), now, 0
+	}
+	vm.pmu.Unlock()
+	if repeat {
+		vm.d.log.Warn("VM panic recovered again", "vm", vm.Name, "in", where, "panic", fmt.Sprint(r), "count", n)
+		return err
+	}
+	vm.d.log.Error("VM panic recovered", "vm", vm.Name, "in", where, "panic", fmt.Sprint(r), "count", n, "stack", string(stack))
+	data, _ := json.Marshal(map[string]any{"in": where, "panic": fmt.Sprint(r), "count": n, "repeats_not_journaled": skipped, "stack": string(stack)})
+	vm.d.record(ctx, journal.Record{VM: vm.Name, Kind: journal.KindDaemon, Severity: "high", Subject: "panic",
+		Message: fmt.Sprintf("VM %s: %v", vm.Name, err), Data: data})
+	return err
+}
+
+// panicRepeat is how often the same panic of one VM is journaled again.
+const panicRepeat = 10 * time.Minute
+
+// Panics is how many panics the VM's loop recovered from.
+func (vm *VM) Panics() uint64 { return vm.panics.Load() }
 
 func (vm *VM) step(ctx context.Context) error {
 	now := time.Now()
@@ -369,8 +430,8 @@ func (vm *VM) collect(ctx context.Context, now time.Time, m map[string]float64) 
 		m["guest_tasks"] = float64(st.Threads)
 		m["guest_uptime_seconds"] = st.Uptime
 	}
-	ps, _ := vm.k.Processes(linux.PSOptions{})
-	m["guest_processes"] = float64(len(ps))
+	ps, perr := vm.k.Processes(linux.PSOptions{})
+	processCount(m, ps, perr)
 	var top []TopProcess
 	cur := map[int64]float64{}
 	for _, p := range ps {
@@ -404,6 +465,18 @@ func (vm *VM) collect(ctx context.Context, now time.Time, m map[string]float64) 
 	vm.mu.Unlock()
 }
 
+// processCount sets guest_processes only from a complete walk of the task
+// list: a failed or partial walk leaves the metric absent (as the README
+// promises for a value that could not be read) rather than a count that
+// lies — 0, or the part of the list read before it broke.
+func processCount(m map[string]float64, ps []linux.Process, err error) {
+	if err != nil {
+		delete(m, "guest_processes")
+		return
+	}
+	m["guest_processes"] = float64(len(ps))
+}
+
 func clamp(v, lo, hi float64) float64 { return max(lo, min(hi, v)) }
 
 // check runs the detectors and keeps findings open while they hold.
@@ -426,13 +499,7 @@ func (vm *VM) check(ctx context.Context) error {
 		}
 		opt.Baseline = vm.baseline
 	}
-	select {
-	case vm.d.checks <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	rep, err := detect.Run(ctx, vm.k, opt)
-	<-vm.d.checks
+	rep, err := vm.runDetectors(ctx, opt)
 	if err != nil {
 		return err
 	}
@@ -443,6 +510,7 @@ func (vm *VM) check(ctx context.Context) error {
 	vm.mu.Lock()
 	prev := vm.open
 	vm.open = now
+	vm.checkGen++
 	vm.lastCheck = time.Now()
 	since := map[string]time.Time{}
 	for k, f := range now {
@@ -482,6 +550,18 @@ func (vm *VM) check(ctx context.Context) error {
 	return nil
 }
 
+// runDetectors runs the detectors under the daemon's bound; the slot is
+// given back by a defer, so a detector that panics does not keep it.
+func (vm *VM) runDetectors(ctx context.Context, opt detect.Options) (*detect.Report, error) {
+	select {
+	case vm.d.checks <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-vm.d.checks }()
+	return detect.Run(ctx, vm.k, opt)
+}
+
 // loadOrRecordBaseline keeps one baseline per VM and kernel build in the
 // state directory: recorded at the first check, compared afterwards.
 func (vm *VM) loadOrRecordBaseline() (*detect.Baseline, error) {
@@ -518,7 +598,7 @@ func safeName(s string) string {
 // alarmsEval evaluates every alarm for the VM and acts on changes.
 func (vm *VM) alarmsEval(ctx context.Context, now time.Time, metrics map[string]float64) {
 	vm.mu.RLock()
-	in := alarmInput{now: now, metrics: metrics, state: vm.state}
+	in := alarmInput{now: now, metrics: metrics, state: vm.state, checkGen: vm.checkGen}
 	for _, f := range vm.open {
 		in.findings = append(in.findings, f)
 	}
@@ -536,12 +616,39 @@ func (vm *VM) alarmsEval(ctx context.Context, now time.Time, metrics map[string]
 			vm.alarms[a.Name] = st
 		}
 		old := st.Level
+		fresh := a.fresh(st, in)
 		lvl, msg := a.evaluate(st, in)
 		st.Message = msg
+		prevHeld := st.held
 		if lvl != old {
-			st.Level, st.Since = lvl, now
+			st.Level, st.Since, st.held = lvl, now, 0
 		}
+		if fresh && lvl > Green {
+			st.held++
+		}
+		// disruptive actions of an earlier change: run once confirmed,
+		// dropped when the level moved before
+		var confirmed, unconfirmed []ActionDef
+		ptr := st.pendingTr
+		if len(st.pending) > 0 {
+			switch {
+			case lvl != old:
+				unconfirmed = st.pending
+				st.pending = nil
+			case st.held >= a.confirmChecks():
+				confirmed = st.pending
+				st.pending = nil
+			}
+		}
+		held := st.held
 		vm.mu.Unlock()
+		for _, act := range unconfirmed {
+			vm.d.actionNotRun(actionJob{vm: vm, act: act, tr: ptr}, "info", fmt.Sprintf("not confirmed: the alarm left %s after %d of %d checks (confirm_checks)", ptr.To, prevHeld, a.confirmChecks()))
+		}
+		for _, act := range confirmed {
+			vm.d.log.Info("alarm confirmed: disruptive action queued", "vm", vm.Name, "alarm", a.Name, "action", act.kind(), "checks", held)
+			vm.d.enqueueAction(vm, act, ptr)
+		}
 		if lvl == old {
 			continue
 		}
@@ -552,10 +659,22 @@ func (vm *VM) alarmsEval(ctx context.Context, now time.Time, metrics map[string]
 		data, _ := json.Marshal(tr)
 		vm.d.record(ctx, journal.Record{VM: vm.Name, Kind: journal.KindAlarm, Severity: lvl.String(), Subject: a.Name,
 			Message: fmt.Sprintf("alarm %s: %s -> %s: %s", a.Name, old, lvl, msg), Data: data})
+		var wait []ActionDef
 		for _, act := range a.Actions {
-			if act.runsOn(lvl) {
-				vm.d.runAction(context.WithoutCancel(ctx), vm, act, tr)
+			if !act.runsOn(lvl) {
+				continue
 			}
+			if act.disruptive() && lvl > Green && held < a.confirmChecks() {
+				wait = append(wait, act)
+				continue
+			}
+			vm.d.enqueueAction(vm, act, tr) // never blocks the loop
+		}
+		if len(wait) > 0 {
+			vm.mu.Lock()
+			st.pending, st.pendingTr = wait, tr
+			vm.mu.Unlock()
+			vm.d.log.Info("alarm raised: disruptive actions wait for confirmation", "vm", vm.Name, "alarm", a.Name, "level", lvl.String(), "confirm_checks", a.confirmChecks())
 		}
 	}
 }
