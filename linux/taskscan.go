@@ -77,7 +77,13 @@ func (k *Kernel) ScanTasks() ([]ScannedTask, error) {
 	}
 	kmin := KernelHalf(k.Loc.Levels)
 	span := int(tt.Size)
-	buf := make([]byte, scanChunk+span)
+	// one chunk and a task's worth of overlap, or less when no range is
+	// that long (small guests, and the tests, need no 4 MiB buffer)
+	longest := uint64(0)
+	for _, r := range scan {
+		longest = max(longest, r.End-r.Start&^63)
+	}
+	buf := make([]byte, min(uint64(scanChunk+span), longest))
 	var out []ScannedTask
 	seen := map[uint64]bool{}
 	for _, r := range scan {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,12 +21,11 @@ import (
 // bitfields and array lengths; fuzzKernel maps a few pages of fuzzed memory
 // where the views look for their objects.
 
-// fuzzLayout is the base layout and the knobs the fuzzer turns.
+// fuzzLayout is the base layout, as cilium/ebpf types.
 type fuzzLayout struct {
 	roots   []btf.Type
 	structs []*btf.Struct
 	unions  []*btf.Union
-	members []*btf.Member
 	arrays  []*btf.Array
 }
 
@@ -126,41 +126,119 @@ func newFuzzLayout() *fuzzLayout {
 	l.roots = []btf.Type{task, sock, node, descState, mapleType}
 	for _, s := range l.structs {
 		l.roots = append(l.roots, s)
-		for i := range s.Members {
-			l.members = append(l.members, &s.Members[i])
-		}
-	}
-	for _, u := range l.unions {
-		for i := range u.Members {
-			l.members = append(l.members, &u.Members[i])
-		}
 	}
 	return l
 }
 
-// mutate applies the fuzzer's edits: each 4 bytes are an operation, an
-// index into the structs, members or arrays, and a 16-bit value.
-func (l *fuzzLayout) mutate(ops []byte) {
-	for ; len(ops) >= 4; ops = ops[4:] {
-		i, v := int(ops[1]), uint32(binary.LittleEndian.Uint16(ops[2:]))
-		switch ops[0] % 6 {
-		case 0: // a member moves (bytes)
-			m := l.members[i%len(l.members)]
-			m.Offset = btf.Bits(v * 8)
-		case 1: // a member moves (bits)
-			m := l.members[i%len(l.members)]
-			m.Offset = btf.Bits(v)
-		case 2: // a member becomes a bitfield, or stops being one
-			m := l.members[i%len(l.members)]
-			m.BitfieldSize = btf.Bits(v % 80)
-		case 3: // a struct changes size
-			l.structs[i%len(l.structs)].Size = v
-		case 4: // an array changes length
-			l.arrays[i%len(l.arrays)].Nelems = v
-		case 5: // an array becomes huge
-			l.arrays[i%len(l.arrays)].Nelems = v << 16
+// fuzzBase is the base layout marshalled once, and where in the blob the
+// fuzzer's edits land: the fuzzer edits the raw BTF, as a hostile guest
+// would, at the words that matter (editing the cilium/ebpf types and
+// marshalling each input instead would cost most of the time per input).
+type fuzzBase struct {
+	blob    []byte
+	sizes   []fuzzKnob // struct and union sizes
+	offsets []fuzzKnob // member offsets (bitfield size << 24 | bit offset)
+	lens    []fuzzKnob // array lengths
+	types   [2]int     // the type section, [start, end)
+}
+
+// fuzzKnob is a little-endian word of the blob and what it describes.
+type fuzzKnob struct {
+	at   int
+	name string // "struct" or "struct.member"
+}
+
+var fuzzBaseOnce = sync.OnceValue(func() *fuzzBase {
+	b, err := btf.NewBuilder(newFuzzLayout().roots, nil)
+	if err != nil {
+		panic(err)
+	}
+	blob, err := b.Marshal(nil, nil)
+	if err != nil {
+		panic(err)
+	}
+	fb := &fuzzBase{blob: blob}
+	le := binary.LittleEndian
+	hdr := int(le.Uint32(blob[4:]))
+	types := blob[hdr+int(le.Uint32(blob[8:])):][:le.Uint32(blob[12:])]
+	strs := blob[hdr+int(le.Uint32(blob[16:])):][:le.Uint32(blob[20:])]
+	name := func(off uint32) string { return string(strs[off:][:bytes.IndexByte(strs[off:], 0)]) }
+	base := len(blob) - len(blob[hdr+int(le.Uint32(blob[8:])):])
+	fb.types = [2]int{base, base + len(types)}
+	for p := 0; p+12 <= len(types); {
+		info := le.Uint32(types[p+4:])
+		kind, vlen := info>>24&0x1f, int(info&0xffff)
+		tname := name(le.Uint32(types[p:]))
+		switch kind {
+		case btfKindStruct, btfKindUnion:
+			// kind_flag: member offsets carry bitfield sizes, so the
+			// fuzzer can make any member a bitfield (for members that
+			// are not, the two encodings agree)
+			le.PutUint32(types[p+4:], info|1<<31)
+			fb.sizes = append(fb.sizes, fuzzKnob{base + p + 8, tname})
+			for i := 0; i < vlen; i++ {
+				m := p + 12 + 12*i
+				fb.offsets = append(fb.offsets, fuzzKnob{base + m + 8, tname + "." + name(le.Uint32(types[m:]))})
+			}
+			p += 12 + 12*vlen
+		case btfKindArray:
+			fb.lens = append(fb.lens, fuzzKnob{base + p + 20, ""})
+			p += 24
+		case btfKindInt:
+			p += 16
+		case btfKindEnum:
+			p += 12 + 8*vlen
+		default: // pointers
+			p += 12
 		}
 	}
+	return fb
+})
+
+// fuzzEdit is one edit of the base blob: an operation, an index into the
+// knobs it turns and a 16-bit value; fuzz inputs are lists of 4-byte edits.
+func fuzzEdit(op byte, i int, v uint16) []byte { return []byte{op, byte(i), byte(v), byte(v >> 8)} }
+
+// edit applies the fuzzer's edits to a copy of the base blob.
+func (fb *fuzzBase) edit(ops []byte) []byte {
+	blob := bytes.Clone(fb.blob)
+	le := binary.LittleEndian
+	for ; len(ops) >= 4; ops = ops[4:] {
+		i, v := int(ops[1]), uint32(le.Uint16(ops[2:]))
+		word := func(k []fuzzKnob) int { return k[i%len(k)].at }
+		switch ops[0] % 8 {
+		case 0: // a member moves (bytes)
+			at := word(fb.offsets)
+			le.PutUint32(blob[at:], le.Uint32(blob[at:])&0xff000000|v*8)
+		case 1: // a member moves (bits)
+			at := word(fb.offsets)
+			le.PutUint32(blob[at:], le.Uint32(blob[at:])&0xff000000|v)
+		case 2: // a member becomes a bitfield, or stops being one
+			at := word(fb.offsets)
+			le.PutUint32(blob[at:], le.Uint32(blob[at:])&0xffffff|(v%80)<<24)
+		case 3: // a struct changes size
+			le.PutUint32(blob[word(fb.sizes):], v)
+		case 4: // an array changes length
+			le.PutUint32(blob[word(fb.lens):], v)
+		case 5: // an array becomes huge
+			le.PutUint32(blob[word(fb.lens):], v<<16)
+		case 6: // a struct becomes huge
+			le.PutUint32(blob[word(fb.sizes):], v<<16)
+		case 7: // any byte of the type section
+			blob[fb.types[0]+(i<<8|int(v&0xff))%(fb.types[1]-fb.types[0])] = byte(v >> 8)
+		}
+	}
+	return blob
+}
+
+// knob finds the index of the named knob (for seeds).
+func knob(ks []fuzzKnob, name string) int {
+	for i, k := range ks {
+		if k.name == name {
+			return i
+		}
+	}
+	panic("no knob " + name)
 }
 
 // fuzzTypes turns the layout input into Types: BTF as is when it starts
@@ -168,15 +246,7 @@ func (l *fuzzLayout) mutate(ops []byte) {
 func fuzzTypes(layout []byte) (Types, bool) {
 	blob := layout
 	if !bytes.HasPrefix(layout, []byte{0x9f, 0xeb}) {
-		l := newFuzzLayout()
-		l.mutate(layout)
-		b, err := btf.NewBuilder(l.roots, nil)
-		if err != nil {
-			return nil, false
-		}
-		if blob, err = b.Marshal(nil, nil); err != nil {
-			return nil, false
-		}
+		blob = fuzzBaseOnce().edit(layout)
 	}
 	spec, err := btf.LoadSpecFromReader(bytes.NewReader(blob))
 	if err != nil {
@@ -279,20 +349,9 @@ const fuzzDeadline = 5 * time.Second
 // badTaskLayout is issue item 9: task_struct of 8 bytes whose comm lies at
 // bit 1024. It made looksLikeTask slice past its candidate and panic.
 func badTaskLayout() []byte {
-	l := newFuzzLayout()
-	var ops []byte
-	op := func(code byte, i int, v uint16) { ops = append(ops, code, byte(i), byte(v), byte(v>>8)) }
-	for i, s := range l.structs {
-		if s.Name == "task_struct" {
-			op(3, i, 8) // size 8
-		}
-	}
-	for i, m := range l.members {
-		if m.Name == "comm" {
-			op(1, i, 1024) // at bit 1024
-		}
-	}
-	return ops
+	fb := fuzzBaseOnce()
+	return append(fuzzEdit(3, knob(fb.sizes, "task_struct"), 8), // size 8
+		fuzzEdit(1, knob(fb.offsets, "task_struct.comm"), 1024)...) // at bit 1024
 }
 
 // fuzzTaskMemory puts a plausible task at init_task and at the typed-value
@@ -338,7 +397,8 @@ func FuzzViews(f *testing.F) {
 	f.Add([]byte{}, mem)
 	f.Add(badTaskLayout(), mem)
 	f.Add(testBTF(f), mem)
-	f.Add([]byte{5, 3, 0xff, 0xff}, mem)
+	f.Add(fuzzEdit(5, 3, 0xffff), mem)
+	f.Add(fuzzEdit(2, knob(fuzzBaseOnce().offsets, "task_struct.real_cred"), 3), mem)
 	f.Fuzz(func(t *testing.T, layout, data []byte) {
 		if len(data) > fuzzDataSize {
 			data = data[:fuzzDataSize]
