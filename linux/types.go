@@ -220,6 +220,7 @@ type btfTypes struct {
 	mu    sync.Mutex
 	conv  map[btf.Type]*Type
 	enums map[string]int64 // every enumerator, from a scan of the raw BTF
+	named map[string]namedType
 }
 
 func newBTFTypes(spec *btf.Spec, blob []byte, source string) *btfTypes {
@@ -234,7 +235,33 @@ func (b *btfTypes) Count() int { return b.count }
 func (b *btfTypes) Source() string  { return b.source }
 func (b *btfTypes) Spec() *btf.Spec { return b.spec }
 
-func (b *btfTypes) byName(name string, want func(btf.Type) bool) (*Type, error) {
+// byName finds a type by kind ("struct", "enum") and name. Results are
+// kept: views look the same few types up for every object they read, and
+// a lookup in the spec inflates the BTF type each time.
+func (b *btfTypes) byName(kind, name string, want func(btf.Type) bool) (*Type, error) {
+	key := kind + " " + name
+	b.mu.Lock()
+	r, ok := b.named[key]
+	b.mu.Unlock()
+	if ok {
+		return r.t, r.err
+	}
+	t, err := b.lookup(name, want)
+	b.mu.Lock()
+	if b.named == nil {
+		b.named = map[string]namedType{}
+	}
+	b.named[key] = namedType{t, err}
+	b.mu.Unlock()
+	return t, err
+}
+
+type namedType struct {
+	t   *Type
+	err error
+}
+
+func (b *btfTypes) lookup(name string, want func(btf.Type) bool) (*Type, error) {
 	ts, err := b.spec.AnyTypesByName(name)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, ErrNoType)
@@ -256,7 +283,7 @@ func (b *btfTypes) byName(name string, want func(btf.Type) bool) (*Type, error) 
 }
 
 func (b *btfTypes) Struct(name string) (*Type, error) {
-	t, err := b.byName(name, func(t btf.Type) bool {
+	t, err := b.byName("struct", name, func(t btf.Type) bool {
 		switch t.(type) {
 		case *btf.Struct, *btf.Union:
 			return true
@@ -274,7 +301,7 @@ func (b *btfTypes) Struct(name string) (*Type, error) {
 }
 
 func (b *btfTypes) Enum(name string) (*Type, error) {
-	t, err := b.byName(name, func(t btf.Type) bool { _, ok := t.(*btf.Enum); return ok })
+	t, err := b.byName("enum", name, func(t btf.Type) bool { _, ok := t.(*btf.Enum); return ok })
 	var le *LayoutError
 	if errors.As(err, &le) {
 		return nil, fmt.Errorf("%w in %s", err, b.source)
