@@ -1,7 +1,6 @@
 package linux
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -29,8 +28,9 @@ func (r LogRecord) Format() string {
 
 // limits for the printk ring buffer
 const (
-	maxLogDescBits = 24
-	maxLogDataBits = 30
+	maxLogDescBits  = 24
+	maxLogDataBits  = 30
+	maxPrintkStruct = 1024 // bytes of one prb_desc or printk_info
 )
 
 // Dmesg reads the kernel log from the lockless printk ring buffer (Linux
@@ -71,30 +71,37 @@ func (k *Kernel) Dmesg() ([]LogRecord, error) {
 	if err != nil {
 		return nil, err
 	}
+	// prb_desc is 24 bytes and printk_info 88 on x86-64: a layout far
+	// beyond that would make the arrays below huge
+	if dt.Size == 0 || dt.Size > maxPrintkStruct || it.Size == 0 || it.Size > maxPrintkStruct {
+		return nil, fmt.Errorf("printk ring buffer: implausible prb_desc (%d bytes) or printk_info (%d bytes)", dt.Size, it.Size)
+	}
 	count := uint64(1) << countBits
 	size := uint64(1) << sizeBits
-	descBuf := make([]byte, count*dt.Size)
-	if _, err := k.AS.ReadAt(descBuf, int64(descs)); err != nil {
-		return nil, fmt.Errorf("printk descriptors: %w", err)
+	descBuf, err := k.readTable("printk descriptors", descs, count*dt.Size, count*maxPrintkStruct)
+	if err != nil {
+		return nil, err
 	}
-	infoBuf := make([]byte, count*it.Size)
-	if _, err := k.AS.ReadAt(infoBuf, int64(infos)); err != nil {
-		return nil, fmt.Errorf("printk infos: %w", err)
+	infoBuf, err := k.readTable("printk infos", infos, count*it.Size, count*maxPrintkStruct)
+	if err != nil {
+		return nil, err
 	}
-	dataBuf := make([]byte, size)
-	if _, err := k.AS.ReadAt(dataBuf, int64(data)); err != nil {
-		return nil, fmt.Errorf("printk text ring: %w", err)
+	dataBuf, err := k.readTable("printk text ring", data, size, size)
+	if err != nil {
+		return nil, err
 	}
 	committed, err1 := k.Types.EnumConstant("desc_committed")
 	finalized, err2 := k.Types.EnumConstant("desc_finalized")
 	if err1 != nil || err2 != nil {
 		return nil, errors.Join(err1, err2)
 	}
-	svOff, _ := dt.FieldOffset("state_var")
+	// prb_desc has had state_var since the lockless ring came (5.10), so
+	// its absence is an error like the others, not offset 0
+	svOff, err0 := dt.FieldOffset("state_var")
 	beginOff, err1 := dt.FieldOffset("text_blk_lpos.begin")
 	nextOff, err2 := dt.FieldOffset("text_blk_lpos.next")
-	if err1 != nil || err2 != nil {
-		return nil, errors.Join(err1, err2)
+	if err0 != nil || err1 != nil || err2 != nil {
+		return nil, errors.Join(err0, err1, err2)
 	}
 	// state_var: the top two bits are the state, the rest the id
 	const flagsShift = 62
@@ -102,16 +109,25 @@ func (k *Kernel) Dmesg() ([]LogRecord, error) {
 	var out []LogRecord
 	for id, n := tailID&idMask, uint64(0); n <= count; id, n = (id+1)&idMask, n+1 {
 		i := id & (count - 1)
-		d := descBuf[i*dt.Size : (i+1)*dt.Size]
-		sv := binary.LittleEndian.Uint64(d[svOff:])
+		// the buffers hold count whole structs; the offsets come from a
+		// checked layout but are read through checked helpers all the same
+		d, _ := bytesAt(descBuf, i*dt.Size, dt.Size)
+		ib, _ := bytesAt(infoBuf, i*it.Size, it.Size)
+		sv, ok := u64At(d, svOff)
+		if !ok {
+			return out, fmt.Errorf("printk descriptor %d: state_var at byte %d outside its %d bytes", i, svOff, dt.Size)
+		}
 		st := int64(sv >> flagsShift)
 		if sv&idMask == id && (st == committed || st == finalized) {
-			info := Value{k: k, Type: it, buf: infoBuf[i*it.Size : (i+1)*it.Size]}
+			info := Value{k: k, Type: it, buf: ib}
 			ifl := &fields{v: info}
 			rec := LogRecord{Seq: ifl.uint("seq"), TimeNs: ifl.uint("ts_nsec"), Level: uint8(ifl.uint("level")), Facility: uint8(ifl.uint("facility"))}
 			textLen := ifl.uint("text_len")
-			begin := binary.LittleEndian.Uint64(d[beginOff:])
-			next := binary.LittleEndian.Uint64(d[nextOff:])
+			begin, ok1 := u64At(d, beginOff)
+			next, ok2 := u64At(d, nextOff)
+			if !ok1 || !ok2 {
+				return out, fmt.Errorf("printk descriptor %d: text_blk_lpos outside its %d bytes", i, dt.Size)
+			}
 			if text, ok := ringText(dataBuf, sizeBits, begin, next, textLen); ok {
 				rec.Text = text
 				out = append(out, rec)

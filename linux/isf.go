@@ -110,7 +110,12 @@ func (s *ISF) Struct(name string) (*Type, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.user(name, 0), nil
+	t := s.user(name, 0)
+	// an ISF file is as untrusted as the guest's BTF: check the layout
+	if err := t.Check(); err != nil {
+		return nil, fmt.Errorf("%w in %s", err, s.Source())
+	}
+	return t, nil
 }
 
 // Enum returns an enum by name.
@@ -120,7 +125,11 @@ func (s *ISF) Enum(name string) (*Type, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.enum(name), nil
+	t := s.enum(name)
+	if err := t.Check(); err != nil {
+		return nil, fmt.Errorf("%w in %s", err, s.Source())
+	}
+	return t, nil
 }
 
 // EnumConstant finds an enumerator in any enum.

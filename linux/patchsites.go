@@ -194,11 +194,19 @@ func (k *Kernel) relativeSites(startSym, stopSym, typ, field, targetField, kind 
 	}
 	var out []PatchSite
 	for p := uint64(0); p+t.Size <= uint64(len(b)); p += t.Size {
-		rel := int32(binary.LittleEndian.Uint32(b[p+off:]))
-		site := PatchSite{Addr: start + p + off + uint64(int64(rel)), Len: n, Kind: kind}
+		// off+4 and toff+4 are inside t.Size (checked above), and
+		// p+t.Size inside b; the reads are checked all the same
+		rel, ok := u32At(b, p+off)
+		if !ok {
+			return out, fmt.Errorf("%s entry at %#x: %s outside the table", typ, start+p, field)
+		}
+		site := PatchSite{Addr: start + p + off + uint64(int64(int32(rel))), Len: n, Kind: kind}
 		if targetField != "" {
-			trel := int32(binary.LittleEndian.Uint32(b[p+toff:]))
-			site.Target = start + p + toff + uint64(int64(trel))
+			trel, ok := u32At(b, p+toff)
+			if !ok {
+				return out, fmt.Errorf("%s entry at %#x: %s outside the table", typ, start+p, targetField)
+			}
+			site.Target = start + p + toff + uint64(int64(int32(trel)))
 		}
 		out = append(out, site)
 	}
@@ -227,6 +235,11 @@ func (k *Kernel) ftraceSites() ([]PatchSite, error) {
 	if err != nil {
 		return nil, err
 	}
+	// dyn_ftrace is 16 bytes (ip, flags, arch): bound it so that a page's
+	// records stay a small read
+	if recT.Size == 0 || recT.Size > 4096 || ipOff+8 > recT.Size {
+		return nil, fmt.Errorf("dyn_ftrace: ip at byte %d of an implausible %d-byte struct", ipOff, recT.Size)
+	}
 	pg, err := k.Uint64(head)
 	if err != nil {
 		return nil, err
@@ -248,11 +261,12 @@ func (k *Kernel) ftraceSites() ([]PatchSite, error) {
 			return out, fmt.Errorf("ftrace page %#x claims %d records", pg, idx)
 		}
 		if idx > 0 && recs != 0 {
-			b := make([]byte, idx*recT.Size)
-			if _, err := k.AS.ReadAt(b, int64(recs)); err == nil {
+			// a page whose records do not read is skipped, as before
+			if b, err := k.readTable("ftrace records", recs, idx*recT.Size, idx*recT.Size); err == nil {
 				for i := uint64(0); i < idx; i++ {
-					ip := binary.LittleEndian.Uint64(b[i*recT.Size+ipOff:])
-					out = append(out, PatchSite{Addr: ip, Len: 5, Kind: SiteFtrace})
+					if ip, ok := u64At(b, i*recT.Size+ipOff); ok {
+						out = append(out, PatchSite{Addr: ip, Len: 5, Kind: SiteFtrace})
+					}
 				}
 			}
 		}

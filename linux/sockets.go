@@ -96,9 +96,9 @@ func (k *Kernel) Files(task Value) ([]OpenFile, error) {
 	if maxFDs == 0 || arr == 0 {
 		return nil, nil
 	}
-	buf := make([]byte, maxFDs*8)
-	if _, err := k.AS.ReadAt(buf, int64(arr)); err != nil {
-		return nil, fmt.Errorf("fd array at %#x: %w", arr, err)
+	buf, err := k.readTable("fd array", arr, maxFDs*8, maxFDsRead*8)
+	if err != nil {
+		return nil, err
 	}
 	var out []OpenFile
 	for i := 0; i < int(maxFDs); i++ {

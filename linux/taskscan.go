@@ -1,7 +1,6 @@
 package linux
 
 import (
-	"encoding/binary"
 	"fmt"
 
 	"github.com/vmwatch/vmwatch/guestmem"
@@ -43,6 +42,18 @@ func (k *Kernel) ScanTasks() ([]ScannedTask, error) {
 	if err != nil {
 		return nil, err
 	}
+	// looksLikeTask reads these many bytes at each offset from a raw
+	// candidate of tt.Size bytes; a layout that puts them elsewhere makes
+	// the scan meaningless, so say so once rather than match nothing
+	for _, m := range []struct {
+		name string
+		off  uint64
+		n    uint64
+	}{{"comm", commOff, taskCommLen}, {"pid", pidOff, 4}, {"tgid", tgidOff, 4}, {"tasks", tasksOff, 16}} {
+		if m.off > tt.Size || tt.Size-m.off < m.n {
+			return nil, fmt.Errorf("task scan: task_struct member %s at byte %d (%d bytes read) outside the struct's %d bytes", m.name, m.off, m.n, tt.Size)
+		}
+	}
 	// the direct map's base without RANDOMIZE_MEMORY (4 and 5 levels)
 	pob := uint64(0xffff888000000000)
 	if k.Loc.Levels == 5 {
@@ -66,7 +77,13 @@ func (k *Kernel) ScanTasks() ([]ScannedTask, error) {
 	}
 	kmin := KernelHalf(k.Loc.Levels)
 	span := int(tt.Size)
-	buf := make([]byte, scanChunk+span)
+	// one chunk and a task's worth of overlap, or less when no range is
+	// that long (small guests, and the tests, need no 4 MiB buffer)
+	longest := uint64(0)
+	for _, r := range scan {
+		longest = max(longest, r.End-r.Start&^63)
+	}
+	buf := make([]byte, min(uint64(scanChunk+span), longest))
 	var out []ScannedTask
 	seen := map[uint64]bool{}
 	for _, r := range scan {
@@ -103,9 +120,15 @@ func (k *Kernel) ScanTasks() ([]ScannedTask, error) {
 	return out, nil
 }
 
+// taskCommLen is TASK_COMM_LEN, the size of task_struct.comm.
+const taskCommLen = 16
+
+// looksLikeTask is the cheap first test of a candidate task_struct b (raw
+// bytes, tt.Size long) at every 64th byte of memory. The offsets come from
+// the guest's BTF: every read is checked, and a read outside b is no task.
 func looksLikeTask(b []byte, commOff, pidOff, tgidOff, tasksOff, kmin uint64) bool {
-	c := b[commOff : commOff+16]
-	if c[0] < 0x20 || c[0] > 0x7e {
+	c, ok := bytesAt(b, commOff, taskCommLen)
+	if !ok || c[0] < 0x20 || c[0] > 0x7e {
 		return false
 	}
 	end := false
@@ -122,14 +145,15 @@ func looksLikeTask(b []byte, commOff, pidOff, tgidOff, tasksOff, kmin uint64) bo
 	if !end {
 		return false
 	}
-	pid := int32(binary.LittleEndian.Uint32(b[pidOff:]))
-	tgid := int32(binary.LittleEndian.Uint32(b[tgidOff:]))
-	if pid <= 0 || pid > 1<<22 || tgid <= 0 || tgid > 1<<22 {
+	upid, ok1 := u32At(b, pidOff)
+	utgid, ok2 := u32At(b, tgidOff)
+	pid, tgid := int32(upid), int32(utgid)
+	if !ok1 || !ok2 || pid <= 0 || pid > 1<<22 || tgid <= 0 || tgid > 1<<22 {
 		return false
 	}
-	next := binary.LittleEndian.Uint64(b[tasksOff:])
-	prev := binary.LittleEndian.Uint64(b[tasksOff+8:])
-	return next >= kmin && prev >= kmin && next&7 == 0 && prev&7 == 0
+	next, ok1 := u64At(b, tasksOff)
+	prev, ok2 := u64At(b, tasksOff+8)
+	return ok1 && ok2 && next >= kmin && prev >= kmin && next&7 == 0 && prev&7 == 0
 }
 
 // liveTask validates a candidate task structure at va.
@@ -139,7 +163,11 @@ func (k *Kernel) liveTask(tt *Type, va uint64) (ScannedTask, bool) {
 		return ScannedTask{}, false
 	}
 	f := &fields{v: v}
-	tasksOff, _ := tt.FieldOffset("tasks")
+	// ScanTasks found tasks already, but TaskAlive comes here directly
+	tasksOff, err := tt.FieldOffset("tasks")
+	if err != nil {
+		return ScannedTask{}, false
+	}
 	node := va + tasksOff
 	next, prev := f.ptr("tasks.next"), f.ptr("tasks.prev")
 	if !(next == node && prev == node) {

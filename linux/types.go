@@ -52,6 +52,10 @@ type Type struct {
 
 	fieldsOnce sync.Once
 	fields     map[string]Member
+
+	// the result of validate, computed once (see Check)
+	checkOnce sync.Once
+	checkErr  error
 }
 
 // Member is a field of a struct or union. Offset is in bits from the start
@@ -101,7 +105,13 @@ func (t *Type) String() string {
 
 // Field finds a member by name, looking into anonymous structs and unions.
 // A dotted path ("se.sum_exec_runtime") descends into members by value.
+//
+// A type whose layout fails Check has no fields: its members cannot be
+// trusted to lie inside it.
 func (t *Type) Field(path string) (Member, bool) {
+	if t.Check() != nil {
+		return Member{}, false
+	}
 	cur := t
 	var total Member
 	for i, name := range strings.Split(path, ".") {
@@ -164,6 +174,9 @@ func (t *Type) HasField(path string) bool {
 
 // FieldOffset returns a member's byte offset.
 func (t *Type) FieldOffset(path string) (uint64, error) {
+	if err := t.Check(); err != nil {
+		return 0, err
+	}
 	m, ok := t.Field(path)
 	if !ok {
 		return 0, fmt.Errorf("%s has no member %s", t, path)
@@ -207,6 +220,7 @@ type btfTypes struct {
 	mu    sync.Mutex
 	conv  map[btf.Type]*Type
 	enums map[string]int64 // every enumerator, from a scan of the raw BTF
+	named map[string]namedType
 }
 
 func newBTFTypes(spec *btf.Spec, blob []byte, source string) *btfTypes {
@@ -221,7 +235,33 @@ func (b *btfTypes) Count() int { return b.count }
 func (b *btfTypes) Source() string  { return b.source }
 func (b *btfTypes) Spec() *btf.Spec { return b.spec }
 
-func (b *btfTypes) byName(name string, want func(btf.Type) bool) (*Type, error) {
+// byName finds a type by kind ("struct", "enum") and name. Results are
+// kept: views look the same few types up for every object they read, and
+// a lookup in the spec inflates the BTF type each time.
+func (b *btfTypes) byName(kind, name string, want func(btf.Type) bool) (*Type, error) {
+	key := kind + " " + name
+	b.mu.Lock()
+	r, ok := b.named[key]
+	b.mu.Unlock()
+	if ok {
+		return r.t, r.err
+	}
+	t, err := b.lookup(name, want)
+	b.mu.Lock()
+	if b.named == nil {
+		b.named = map[string]namedType{}
+	}
+	b.named[key] = namedType{t, err}
+	b.mu.Unlock()
+	return t, err
+}
+
+type namedType struct {
+	t   *Type
+	err error
+}
+
+func (b *btfTypes) lookup(name string, want func(btf.Type) bool) (*Type, error) {
 	ts, err := b.spec.AnyTypesByName(name)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, ErrNoType)
@@ -230,20 +270,30 @@ func (b *btfTypes) byName(name string, want func(btf.Type) bool) (*Type, error) 
 		if want(t) {
 			b.mu.Lock()
 			defer b.mu.Unlock()
-			return b.convert(t, 0), nil
+			c := b.convert(t, 0)
+			// the guest's BTF is hostile: a layout is checked before use
+			// (Check follows no pointers, so it never needs b.mu itself)
+			if err := c.Check(); err != nil {
+				return nil, err
+			}
+			return c, nil
 		}
 	}
 	return nil, fmt.Errorf("%s: %w", name, ErrNoType)
 }
 
 func (b *btfTypes) Struct(name string) (*Type, error) {
-	t, err := b.byName(name, func(t btf.Type) bool {
+	t, err := b.byName("struct", name, func(t btf.Type) bool {
 		switch t.(type) {
 		case *btf.Struct, *btf.Union:
 			return true
 		}
 		return false
 	})
+	var le *LayoutError
+	if errors.As(err, &le) {
+		return nil, fmt.Errorf("%w in %s", err, b.source)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("struct %w in %s", err, b.source)
 	}
@@ -251,7 +301,11 @@ func (b *btfTypes) Struct(name string) (*Type, error) {
 }
 
 func (b *btfTypes) Enum(name string) (*Type, error) {
-	t, err := b.byName(name, func(t btf.Type) bool { _, ok := t.(*btf.Enum); return ok })
+	t, err := b.byName("enum", name, func(t btf.Type) bool { _, ok := t.(*btf.Enum); return ok })
+	var le *LayoutError
+	if errors.As(err, &le) {
+		return nil, fmt.Errorf("%w in %s", err, b.source)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("enum %w in %s", err, b.source)
 	}

@@ -35,6 +35,10 @@ func (k *Kernel) ReadValue(t *Type, addr uint64) (Value, error) {
 	if t == nil || t.Size == 0 {
 		return Value{}, fmt.Errorf("read object at %#x: type %v has no size", addr, t)
 	}
+	// a pointer target (from Deref) is first met here: check its layout
+	if err := t.Check(); err != nil {
+		return Value{}, fmt.Errorf("read object at %#x: %w", addr, err)
+	}
 	if t.Size > maxObjectSize {
 		return Value{}, fmt.Errorf("read %v at %#x: %d bytes is over the limit", t, addr, t.Size)
 	}
@@ -56,24 +60,30 @@ func (v Value) Field(path string) (Value, error) {
 	if v.Type == nil {
 		return Value{}, fmt.Errorf("field %s of an invalid value", path)
 	}
+	if err := v.Type.Check(); err != nil {
+		return Value{}, fmt.Errorf("field %s: %w", path, err)
+	}
 	m, ok := v.Type.Field(path)
 	if !ok {
 		return Value{}, fmt.Errorf("%v has no member %s", v.Type, path)
 	}
+	// A checked layout keeps members inside the type; the buffer is
+	// checked as well, since a Value may hold fewer bytes than its type
+	// (one built from a raw buffer).
 	if m.BitSize != 0 {
 		start := m.Offset / 8
-		end := (m.Offset + uint64(m.BitSize) + 7) / 8
-		if end > uint64(len(v.buf)) {
+		b, ok := bytesAt(v.buf, start, (m.Offset%8+uint64(m.BitSize)+7)/8)
+		if !ok {
 			return Value{}, fmt.Errorf("bitfield %s of %v lies outside the object", path, v.Type)
 		}
-		return Value{k: v.k, Addr: v.Addr + start, Type: m.Type, buf: v.buf[start:end], bitOff: uint32(m.Offset % 8), bitSize: m.BitSize}, nil
+		return Value{k: v.k, Addr: v.Addr + start, Type: m.Type, buf: b, bitOff: uint32(m.Offset % 8), bitSize: m.BitSize}, nil
 	}
 	start := m.Offset / 8
-	end := start + m.Type.Size
-	if end > uint64(len(v.buf)) || end < start {
-		return Value{}, fmt.Errorf("member %s of %v lies outside the object (%d > %d bytes)", path, v.Type, end, len(v.buf))
+	b, ok := bytesAt(v.buf, start, m.Type.Size)
+	if !ok {
+		return Value{}, fmt.Errorf("member %s of %v lies outside the object (%d+%d > %d bytes)", path, v.Type, start, m.Type.Size, len(v.buf))
 	}
-	return Value{k: v.k, Addr: v.Addr + start, Type: m.Type, buf: v.buf[start:end:end]}, nil
+	return Value{k: v.k, Addr: v.Addr + start, Type: m.Type, buf: b}, nil
 }
 
 // Uint reads an integer, enum, pointer or bitfield as unsigned.
@@ -137,10 +147,14 @@ func (v Value) Int() (int64, error) {
 
 // Ptr reads a pointer.
 func (v Value) Ptr() (uint64, error) {
-	if v.Type == nil || (v.Type.Kind != KindPointer && !(v.Type.Kind == KindInt && v.Type.Size == 8)) {
+	if v.Type == nil || v.bitSize != 0 || (v.Type.Kind != KindPointer && !(v.Type.Kind == KindInt && v.Type.Size == 8)) {
 		return 0, fmt.Errorf("%v is not a pointer", v.Type)
 	}
-	return binary.LittleEndian.Uint64(v.buf), nil
+	p, ok := u64At(v.buf, 0)
+	if !ok || len(v.buf) != 8 {
+		return 0, fmt.Errorf("%v at %#x: %d bytes, not a pointer", v.Type, v.Addr, len(v.buf))
+	}
+	return p, nil
 }
 
 // Deref follows a pointer and reads the object it points to.
@@ -177,8 +191,17 @@ func (v Value) Index(i int) (Value, error) {
 	if i < 0 || uint64(i) >= v.Type.Len || e == nil {
 		return Value{}, fmt.Errorf("index %d out of range for %v", i, v.Type)
 	}
-	start := uint64(i) * e.Size
-	return Value{k: v.k, Addr: v.Addr + start, Type: e, buf: v.buf[start : start+e.Size]}, nil
+	// i is checked against the bytes held before multiplying, so a hostile
+	// Len or element size cannot wrap the offset around
+	var b []byte
+	ok := e.Size == 0 || uint64(i) < uint64(len(v.buf))/e.Size
+	if ok {
+		b, ok = bytesAt(v.buf, uint64(i)*e.Size, e.Size)
+	}
+	if !ok {
+		return Value{}, fmt.Errorf("element %d of %v at %#x lies outside the %d bytes read", i, v.Type, v.Addr, len(v.buf))
+	}
+	return Value{k: v.k, Addr: v.Addr + uint64(i)*e.Size, Type: e, buf: b}, nil
 }
 
 // fields reads several fields, remembering the first error per field so a
