@@ -48,7 +48,7 @@ fuzz:
 	done
 
 bench: deps
-	$(GO) test -run '^$$' -bench . -benchtime 20x -timeout 30m ./e2e
+	$(GO) test -tags yara -run '^$$' -bench . -benchtime 20x -timeout 30m ./e2e
 
 demo: deps
 	$(MAKE) --no-print-directory build

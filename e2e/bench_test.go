@@ -310,3 +310,76 @@ func procStatus(b *testing.B, pid int, field string) uint64 {
 	}
 	return 0
 }
+
+// BenchmarkSystemGuest: the real Debian system guest (systemd, sshd,
+// nginx, node, python3…; about 100 processes, QEMU's default CPU, 6.1):
+// ps, every detector but the memory scan, the memory scan, and YARA over
+// kernel and process memory, warm (in this process, bootstrapped, the
+// page-table cache dropped before each run) and as whole `vmwatch`
+// processes. YARA needs the yara build tag (`make bench` sets it).
+func BenchmarkSystemGuest(b *testing.B) {
+	vm := systemGuest(b, "default")
+	tg, err := target.Open(context.Background(), "qmp:"+vm.QMPPath, target.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tg.Close()
+	k, err := linux.Open(tg.Mem, linux.Options{CPUs: tg.CPUs})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rules, _ := detect.DefaultRules()
+	yr, err := detect.CompileYara("testdata/test.yar")
+	if err != nil {
+		b.Fatalf("YARA rules: %v (run with -tags yara)", err)
+	}
+	warm := []struct {
+		name string
+		opt  detect.Options
+	}{
+		{"check", detect.Options{Rules: rules}},
+		{"check-scan", detect.Options{Only: []string{"hidden-process-scan"}}},
+		{"yara", detect.Options{Only: []string{"yara"}, Yara: yr}},
+	}
+	b.Run("warm/ps", func(b *testing.B) {
+		n := 0
+		for i := 0; i < b.N; i++ {
+			k.Flush()
+			p, err := k.Processes(linux.PSOptions{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			n = len(p)
+		}
+		b.ReportMetric(float64(n), "processes")
+	})
+	for _, w := range warm {
+		b.Run("warm/"+w.name, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				k.Flush()
+				r, err := detect.Run(context.Background(), k, w.opt)
+				if err != nil || len(r.Errors) > 0 {
+					b.Fatal(err, r.Errors)
+				}
+			}
+		})
+	}
+	tgt := "qmp:" + vm.QMPPath
+	for _, c := range []struct {
+		name string
+		args []string
+	}{
+		{"ps", []string{"ps", "-t", tgt}},
+		{"check", []string{"check", "-t", tgt}},
+		{"check-scan", []string{"check", "-t", tgt, "--scan"}},
+		{"yara", []string{"check", "-t", tgt, "--only", "yara", "--yara", "testdata/test.yar"}},
+	} {
+		b.Run("command/"+c.name, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				if out, err := exec.Command(vmwatchBin, c.args...).CombinedOutput(); err != nil {
+					b.Fatalf("vmwatch %s: %v: %s", strings.Join(c.args, " "), err, out)
+				}
+			}
+		})
+	}
+}

@@ -25,6 +25,7 @@ import (
 	_ "modernc.org/sqlite"
 
 	"github.com/vmwatch/vmwatch/journal"
+	"github.com/vmwatch/vmwatch/linux"
 	"github.com/vmwatch/vmwatch/testvm"
 )
 
@@ -178,6 +179,10 @@ func TestServeAlarmResponse(t *testing.T) {
 	domain := guest(t, "vmwatch-e2e-lv", func(k *testvm.Kernel) testvm.Config {
 		return testvm.Config{Libvirt: true}
 	}, "6.1")
+	if _, err := domain.Run("setsid sleep 1000779 </dev/null >/dev/null 2>&1 &"); err != nil {
+		t.Fatal(err)
+	}
+	marker := guestPID(t, domain, "^sleep 1000779$")
 	victim := attackGuest(t, "6.12", "serve")
 	other := standard(t, "6.1")
 	hooks := make(chan map[string]any, 16)
@@ -204,13 +209,19 @@ alarms:
       - webhook: %s/alarm?token=secret123
       - pause_vm: true
       - capture_evidence: true
-`, victim.QMPPath, other.QMPPath, hung, hook.URL))
+  - name: domain-evidence
+    vms: [%s]
+    metric: guest_tasks
+    critical: 1
+    actions: [{capture_evidence: true}]
+`, victim.QMPPath, other.QMPPath, hung, hook.URL, domain.Name))
 
 	waitFor(t, 60*time.Second, "the plain QEMU guests and the libvirt domain to be checked", func() bool {
 		v := d.vms(t)
 		return v["victim"].LastCheck != nil && v["other"].LastCheck != nil && v[domain.Name].LastCheck != nil
 	})
 	checkLibvirt(t, d, domain)
+	checkDomainEvidence(t, d, domain, marker)
 	waitFor(t, 10*time.Second, "the hung monitor to be reported", func() bool {
 		h := d.vms(t)["hung"]
 		return h.State == "unreachable" && h.Error != ""
@@ -501,6 +512,21 @@ func browse(t *testing.T, url, screenshot string) string {
 // from it, hidden process included (hidden-process finds it in the dump).
 func checkEvidence(t *testing.T, rec journal.Record, pid int64) {
 	t.Helper()
+	dump := evidenceDump(t, rec)
+	fs := checkTarget(t, "dump:"+dump, "--only", "hidden-process")
+	found := false
+	for _, f := range fs {
+		found = found || f.ID == "hidden-process" && hasPID(pid)(f)
+	}
+	if !found {
+		t.Errorf("the evidence dump does not show the hidden process %d: %s", pid, summary(fs))
+	}
+}
+
+// evidenceDump returns the memory dump an evidence record names, once its
+// SHA-256 is checked against the record's.
+func evidenceDump(t *testing.T, rec journal.Record) string {
+	t.Helper()
 	var data struct {
 		Dump   string `json:"dump"`
 		SHA256 string `json:"dump_sha256"`
@@ -521,12 +547,40 @@ func checkEvidence(t *testing.T, rec journal.Record, pid int64) {
 	if got := hex.EncodeToString(h.Sum(nil)); got != data.SHA256 {
 		t.Errorf("evidence dump %s: sha256 %s, the journal says %s", data.Dump, got, data.SHA256)
 	}
-	fs := checkTarget(t, "dump:"+data.Dump, "--only", "hidden-process")
-	found := false
-	for _, f := range fs {
-		found = found || f.ID == "hidden-process" && hasPID(pid)(f)
+	return data.Dump
+}
+
+// checkDomainEvidence: evidence of a libvirt domain, whose QEMU runs as
+// libvirt-qemu and cannot open a file in the daemon's state directory, is
+// captured (an alarm on the domain's task count triggers it), and its dump
+// shows a process the guest started before.
+func checkDomainEvidence(t *testing.T, d *daemon, domain *testvm.VM, marker int64) {
+	t.Helper()
+	var ev []journal.Record
+	waitFor(t, 90*time.Second, "the libvirt domain's evidence in the journal", func() bool {
+		d.get(t, "/api/journal?kind=evidence&vm="+domain.Name, &ev)
+		for _, r := range ev {
+			if r.VM == domain.Name {
+				return true
+			}
+		}
+		ev = nil
+		return false
+	})
+	var rec journal.Record
+	for _, r := range ev {
+		if r.VM == domain.Name {
+			rec = r
+		}
 	}
-	if !found {
-		t.Errorf("the evidence dump does not show the hidden process %d: %s", pid, summary(fs))
+	dump := evidenceDump(t, rec)
+	var ps []linux.Process
+	vmwatchJSON(t, &ps, "ps", "-t", "dump:"+dump)
+	seen := false
+	for _, p := range ps {
+		seen = seen || p.PID == marker && strings.Join(p.Cmdline, " ") == "sleep 1000779"
+	}
+	if !seen {
+		t.Errorf("the domain's evidence dump %s does not show its process %d (sleep 1000779) among %d", dump, marker, len(ps))
 	}
 }

@@ -740,6 +740,13 @@ func (vm *VM) dumpMemory(ctx context.Context, path string) error {
 	if m == nil {
 		return errors.New("no monitor")
 	}
+	// a libvirt domain's QEMU runs as another user and cannot open a path
+	// here: libvirtd opens it and passes QEMU the descriptor
+	if d, ok := m.(interface {
+		DumpMemory(ctx context.Context, path string) error
+	}); ok {
+		return d.DumpMemory(ctx, path)
+	}
 	_, err := m.Run(ctx, "dump-guest-memory", map[string]any{"paging": false, "protocol": "file:" + path})
 	return err
 }

@@ -210,3 +210,21 @@ func (c *Conn) Events(ctx context.Context) (<-chan Event, error) {
 	}()
 	return ch, nil
 }
+
+// DumpMemory writes the guest's memory as an ELF core to path, through
+// libvirt (virDomainCoreDumpWithFormat, memory only). libvirtd opens the
+// file and hands QEMU a descriptor: QEMU runs as its own user and could not
+// open a path in the caller's directories itself. The VM keeps running. When
+// ctx ends first, the dump job is aborted.
+func (m *Monitor) DumpMemory(ctx context.Context, path string) error {
+	_, err := withCtx(ctx, func() (struct{}, error) {
+		return struct{}{}, m.c.L.DomainCoreDumpWithFormat(m.dom, path, uint32(libvirt.DomainCoreDumpFormatRaw), libvirt.DumpMemoryOnly|libvirt.DumpLive)
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			m.c.L.DomainAbortJob(m.dom)
+		}
+		return fmt.Errorf("memory dump of domain %s to %s: %w", m.dom.Name, path, err)
+	}
+	return nil
+}
