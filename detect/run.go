@@ -175,6 +175,10 @@ func (s *Snapshot) addr(role string, a uint64) AddrEvidence {
 }
 
 // Run runs the detectors once over a kernel.
+// ErrBooting is Run's answer while the guest kernel has not finished
+// booting (system_state below SYSTEM_RUNNING).
+var ErrBooting = errors.New("the guest kernel is still booting (system_state is below SYSTEM_RUNNING): its code is not in its final, patched form yet and its init memory is not freed, so the detectors would report the kernel's own boot-time code as hooks; check again once it has booted")
+
 func Run(ctx context.Context, k *linux.Kernel, opt Options) (*Report, error) {
 	now := time.Now
 	if opt.Now != nil {
@@ -194,6 +198,12 @@ func Run(ctx context.Context, k *linux.Kernel, opt Options) (*Report, error) {
 		if !known[id] {
 			return nil, fmt.Errorf("unknown detector %q", id)
 		}
+	}
+	// a kernel still booting runs code it has not patched into its final
+	// form yet (alternatives jump to .altinstr_aux) and has not freed its
+	// init memory: every detector would take that for an attack
+	if booted, err := k.Booted(); err == nil && !booted {
+		return nil, ErrBooting
 	}
 	for _, d := range Detectors() {
 		if len(only) > 0 && !only[d.ID] {

@@ -64,6 +64,17 @@ func startDaemon(t *testing.T, config string, args ...string) *daemon {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
+		// whatever the test did to its guests, the daemon recovered no
+		// panic (a recovered one keeps it up, but is a defect)
+		if resp, err := http.Get(d.url + "/metrics"); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			for _, l := range strings.Split(string(b), "\n") {
+				if f := strings.Fields(l); len(f) == 2 && strings.HasPrefix(f[0], "vmwatch_panics_total{") && f[1] != "0" {
+					t.Errorf("vmwatch serve recovered from panics: %s", l)
+				}
+			}
+		}
 		d.cmd.Process.Signal(syscall.SIGTERM)
 		done := make(chan error, 1)
 		go func() { done <- d.cmd.Wait() }()
@@ -72,6 +83,9 @@ func startDaemon(t *testing.T, config string, args ...string) *daemon {
 		case <-time.After(15 * time.Second):
 			d.cmd.Process.Kill()
 			t.Errorf("vmwatch serve did not stop within 15 s of SIGTERM")
+		}
+		if strings.Contains(d.stderr.String(), "panic recovered") {
+			t.Errorf("vmwatch serve logged a recovered panic")
 		}
 		if t.Failed() {
 			t.Logf("vmwatch serve stderr:\n%s", d.stderr.String())
@@ -354,6 +368,15 @@ func checkLibvirt(t *testing.T, d *daemon, domain *testvm.VM) {
 		_, ok := d.vms(t)[late.Name]
 		return !ok
 	})
+	// it was picked up while its kernel booted: code not patched into its
+	// final form yet is no finding (a check waits for SYSTEM_RUNNING)
+	var recs []journal.Record
+	d.get(t, "/api/journal?limit=1000", &recs)
+	for _, r := range recs {
+		if r.VM == late.Name && r.Kind == journal.KindFindingOpened {
+			t.Errorf("the domain started after the daemon: %s %s: %s", r.Kind, r.Subject, r.Message)
+		}
+	}
 }
 
 // TestServeLateVM: a VM that is not running when the daemon starts is
