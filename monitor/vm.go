@@ -338,9 +338,11 @@ func (vm *VM) ensureKernel(ctx context.Context) error {
 	}
 	if vm.k != nil {
 		vm.k.Flush()
-		if b, err := vm.k.ReadCString(mustSym(vm.k, "linux_banner"), 512); err == nil && strings.TrimSpace(b) == vm.banner {
+		same, err := vm.sameBoot()
+		if same {
 			return nil
 		}
+		vm.d.log.Info("guest kernel changed; finding it again", "vm", vm.Name, "why", errText(err, "the kernel banner differs (a reboot)"))
 		vm.mu.Lock()
 		vm.tg.Close()
 		vm.tg, vm.k = nil, nil
@@ -369,9 +371,28 @@ func (vm *VM) ensureKernel(ctx context.Context) error {
 	return nil
 }
 
-func mustSym(k *linux.Kernel, name string) uint64 {
-	a, _ := k.Syms.Lookup(name)
-	return a
+// sameBoot tells whether the kernel found earlier still runs: its banner
+// reads the same. A kernel whose kallsyms lack linux_banner (no data
+// symbols) had no banner at the start either; there only QEMU's RESET event
+// tells a reboot, and the kernel is kept rather than found again (and its
+// baseline lost) every cycle.
+func (vm *VM) sameBoot() (bool, error) {
+	a, ok := vm.k.Syms.Lookup("linux_banner")
+	if !ok {
+		return vm.banner == "", errors.New("kernel symbol linux_banner is gone from kallsyms")
+	}
+	b, err := vm.k.ReadCString(a, 512)
+	if err != nil {
+		return false, fmt.Errorf("read linux_banner at %#x: %w", a, err)
+	}
+	return strings.TrimSpace(b) == vm.banner, nil
+}
+
+func errText(err error, otherwise string) string {
+	if err != nil {
+		return err.Error()
+	}
+	return otherwise
 }
 
 // collect reads host- and guest-side metrics.
@@ -747,6 +768,39 @@ func (vm *VM) dumpMemory(ctx context.Context, path string) error {
 	}); ok {
 		return d.DumpMemory(ctx, path)
 	}
-	_, err := m.Run(ctx, "dump-guest-memory", map[string]any{"paging": false, "protocol": "file:" + path})
-	return err
+	// detached: a dump in the foreground holds QEMU's monitor for its
+	// whole length, so the state probes time out meanwhile and the VM is
+	// taken for unreachable (and its monitor connection closed under the
+	// dump)
+	if _, err := m.Run(ctx, "dump-guest-memory", map[string]any{"paging": false, "protocol": "file:" + path, "detach": true}); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("memory dump to %s did not finish: %w (QEMU goes on writing it)", path, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+		raw, err := m.Run(ctx, "query-dump", nil)
+		if err != nil {
+			return fmt.Errorf("memory dump to %s: %w", path, err)
+		}
+		var st struct {
+			Status    string `json:"status"`
+			Completed int64  `json:"completed"`
+			Total     int64  `json:"total"`
+		}
+		if err := json.Unmarshal(raw, &st); err != nil {
+			return fmt.Errorf("memory dump to %s: query-dump answered %.200q: %w", path, raw, err)
+		}
+		switch st.Status {
+		case "completed":
+			return nil
+		case "active":
+		case "failed":
+			return fmt.Errorf("QEMU reports that the memory dump to %s failed (after %d of %d bytes); see QEMU's log", path, st.Completed, st.Total)
+		default:
+			return fmt.Errorf("memory dump to %s: QEMU reports dump status %q", path, st.Status)
+		}
+	}
 }
