@@ -148,6 +148,42 @@ func TestBTFScan(t *testing.T) {
 func FuzzBTFScan(f *testing.F) {
 	f.Add(testBTF(f))
 	f.Fuzz(func(t *testing.T, blob []byte) {
-		btfScan(blob)
+		enums, count, err := btfScan(blob)
+		if err != nil {
+			return
+		}
+		if count*12 > len(blob) {
+			t.Fatalf("%d types in a %d-byte blob (a type takes 12 bytes at least)", count, len(blob))
+		}
+		for n := range enums {
+			if n == "" || !bytes.Contains(blob, append([]byte(n), 0)) {
+				t.Fatalf("enumerator %q is not a string of the blob", n)
+			}
+		}
+		// cilium/ebpf as the oracle: every enumerator it reads from a blob
+		// both accept is in the scan's map, with the value it read
+		spec, err := btf.LoadSpecFromReader(bytes.NewReader(blob))
+		if err != nil {
+			return
+		}
+		seen := map[string]int{}
+		var all []btf.EnumValue
+		for typ, err := range spec.All() {
+			if err != nil {
+				return
+			}
+			if e, ok := typ.(*btf.Enum); ok && !e.Signed {
+				for _, v := range e.Values {
+					seen[v.Name]++
+					all = append(all, v)
+				}
+			}
+		}
+		for _, v := range all {
+			got, ok := enums[v.Name]
+			if v.Name != "" && seen[v.Name] == 1 && (!ok || uint64(got) != v.Value) {
+				t.Fatalf("enumerator %s: scan %d (found %v), cilium/ebpf %d", v.Name, got, ok, v.Value)
+			}
+		}
 	})
 }
