@@ -38,6 +38,9 @@ type Daemon struct {
 	// CPU-bound, and each holds a copy of its kernel's text while it runs
 	checks chan struct{}
 
+	// Stop runs once: a second call (a signal during shutdown) must not
+	// write to or close the closed journal
+	stopOnce sync.Once
 	// panics counts the panics recovered in VM loops (VMs removed since included)
 	panics atomic.Uint64
 	// vmHook, when set (tests), sees each new VM before its loop starts
@@ -191,13 +194,15 @@ func (d *Daemon) VM(name string) (*VM, bool) {
 // shutdown grace (cancelling them after it), writes a last record and
 // closes the journal.
 func (d *Daemon) Stop() {
-	if d.stop != nil {
-		d.stop()
-	}
-	d.wg.Wait()
-	d.stopActions()
-	d.record(context.Background(), journal.Record{Kind: journal.KindDaemon, Severity: "info", Subject: "stop", Message: "vmwatch serve stopped"})
-	d.j.Close()
+	d.stopOnce.Do(func() {
+		if d.stop != nil {
+			d.stop()
+		}
+		d.wg.Wait()
+		d.stopActions()
+		d.record(context.Background(), journal.Record{Kind: journal.KindDaemon, Severity: "info", Subject: "stop", Message: "vmwatch serve stopped"})
+		d.j.Close()
+	})
 }
 
 // record appends to the journal, logging a failure (the record is lost

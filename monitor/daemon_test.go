@@ -1,8 +1,10 @@
 package monitor
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -116,5 +118,46 @@ func TestPanicInOneVMIsThatVMsError(t *testing.T) {
 	// the same panic every other cycle is journaled once, not every time
 	if n := len(recs); n != 1 || bad.Panics() < 2 {
 		t.Fatalf("%d panic records for %d panics of the same kind", n, bad.Panics())
+	}
+}
+
+// TestStopTwice: a second Stop (a signal during shutdown) neither writes to
+// nor closes the closed journal: one stop record, no journal error logged.
+func TestStopTwice(t *testing.T) {
+	f := false
+	cfg := &Config{StateDir: t.TempDir()}
+	cfg.Libvirt.Enabled = &f
+	cfg.Journal.Path = filepath.Join(cfg.StateDir, "j.db")
+	cfg.SetDefaults()
+	var logs bytes.Buffer
+	d, err := New(cfg, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	d.Stop()
+	d.Stop()
+	if strings.Contains(logs.String(), "level=ERROR") {
+		t.Errorf("the second Stop logged an error:\n%s", logs.String())
+	}
+	j, err := journal.Open(cfg.Journal.Path, journal.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	recs, err := j.List(context.Background(), journal.Query{Kind: journal.KindDaemon})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stops := 0
+	for _, r := range recs {
+		if r.Subject == "stop" {
+			stops++
+		}
+	}
+	if stops != 1 {
+		t.Errorf("%d stop records after two Stops, want 1", stops)
 	}
 }
