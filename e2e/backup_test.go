@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -333,23 +334,50 @@ func TestBackupRestore(t *testing.T) {
 	guestWrite(t, vm, "dd if=/dev/urandom of=/dev/vda bs=1M count=8 seek=30")
 	before := listPoints(t, repoDir)
 	cmd := exec.Command(vmwatchBin, append(append([]string{}, backupArgs...), "--full", "--rate-limit", "4M")...)
+	var killedErr bytes.Buffer
+	cmd.Stderr = &killedErr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	// kill only once libvirt runs the backup job (the detectors and the
-	// repository come first; a fixed wait could kill before any job exists)
-	jobSeen := false
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	// kill only once the backup is under way: libvirt runs its job (it
+	// copies the point in time into the scratch image, which can take less
+	// than a poll) or vmwatch reads the scratch image into the repository
+	// (rate-limited: seconds). The detectors and the repository come
+	// first; a fixed wait could kill before either.
+	jobSeen, lastJob := false, ""
+	var exitErr error
+	ended := false
+poll:
 	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		if out, err := testvm.Virsh("domjobinfo", name); err == nil && strings.Contains(out, "Job type:") && !strings.Contains(out, "None") {
+		select {
+		case exitErr = <-exited:
+			ended = true
+			break poll
+		default:
+		}
+		out, err := testvm.Virsh("domjobinfo", name)
+		lastJob = fmt.Sprintf("%s %v", out, err)
+		if err == nil && strings.Contains(out, "Job type:") && !strings.Contains(out, "None") {
+			jobSeen = true
+			break
+		}
+		if sc, _ := filepath.Glob(filepath.Join(scratch, name, "*.qcow2")); len(sc) > 0 {
+			lastJob += fmt.Sprintf(" (scratch %v)", sc)
 			jobSeen = true
 			break
 		}
 	}
-	cmd.Process.Signal(syscall.SIGKILL)
-	cmd.Wait()
-	if !jobSeen {
-		t.Fatalf("SIGKILL during a backup: no libvirt backup job appeared on %s within 2 minutes", name)
+	if !ended {
+		cmd.Process.Signal(syscall.SIGKILL)
+		<-exited
 	}
+	if !jobSeen {
+		t.Fatalf("SIGKILL during a backup: no libvirt backup job or scratch image appeared for %s (vmwatch ended before: %v, exit %v; last domjobinfo: %s); vmwatch's stderr:\n%s",
+			name, ended, exitErr, lastJob, killedErr.String())
+	}
+	t.Logf("SIGKILL during the backup, at %s", strings.Join(strings.Fields(lastJob), " "))
 	if after := listPoints(t, repoDir); len(after) != len(before) {
 		t.Errorf("a killed backup left a restore point: %d before, %d after", len(before), len(after))
 	}
