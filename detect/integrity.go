@@ -82,6 +82,10 @@ var baselineRegions = [][3]string{{"text", "_stext", "_etext"}, {"rodata", "__st
 
 // RecordBaseline reads the kernel's code and read-only data now.
 func RecordBaseline(k *linux.Kernel) (*Baseline, error) {
+	// a booting kernel has not patched its code into its final form yet
+	if booted, err := k.Booted(); err == nil && !booted {
+		return nil, ErrBooting
+	}
 	b := &Baseline{Release: k.Release, Banner: k.Banner, TextStart: k.Loc.TextStart, Boot: k.BootID()}
 	for _, r := range baselineRegions {
 		s, ok1 := k.Syms.Lookup(r[1])
