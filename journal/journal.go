@@ -117,6 +117,11 @@ func Open(path string, opt Options) (*Journal, error) {
 			return nil, err
 		}
 		j.lastSeq = first - 1
+		// a journal without records gets its head now: from here on a
+		// missing head file means a deleted one
+		if _, err := os.Stat(j.headPath()); errors.Is(err, os.ErrNotExist) {
+			j.writeHead()
+		}
 	case err != nil:
 		db.Close()
 		return nil, fmt.Errorf("journal %s: %w", path, err)
@@ -354,6 +359,9 @@ func (j *Journal) Verify(ctx context.Context) (checked int64, problems []Problem
 		}
 	} else if _, err := os.Stat(j.headPath()); err == nil {
 		problems = append(problems, Problem{lastSeq, "the journal's head file was altered"})
+	} else if errors.Is(err, os.ErrNotExist) && checked > 0 {
+		// written since the journal was created, and only ever replaced
+		problems = append(problems, Problem{lastSeq, fmt.Sprintf("the journal's head file %s is gone (deleted): records cut off the end of the journal would not show", j.headPath())})
 	}
 	return checked, problems, nil
 }

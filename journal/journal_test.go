@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"path/filepath"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -71,12 +72,14 @@ func TestTamperingShows(t *testing.T) {
 	cases := []struct {
 		name, sql string
 		want      []string
+		noHead    bool // the head file deleted as well
 	}{
-		{"edit", `UPDATE records SET message = 'nothing happened' WHERE seq = 5`, []string{"record 5: edited"}},
-		{"delete", `DELETE FROM records WHERE seq = 7`, []string{"record 7: deleted"}},
-		{"delete range", `DELETE FROM records WHERE seq BETWEEN 7 AND 9`, []string{"record 7: records 7 to 9 deleted"}},
-		{"delete the last", `DELETE FROM records WHERE seq >= 9`, []string{"records 9 to 10 deleted from the end"}},
-		{"reorder", `UPDATE records SET seq = seq + 100 WHERE seq = 4; UPDATE records SET seq = 4 WHERE seq = 6; UPDATE records SET seq = 6 WHERE seq = 104`, []string{"record 4", "record 6"}},
+		{"delete the last and the head", `DELETE FROM records WHERE seq >= 9`, []string{"head file", "is gone"}, true},
+		{"edit", `UPDATE records SET message = 'nothing happened' WHERE seq = 5`, []string{"record 5: edited"}, false},
+		{"delete", `DELETE FROM records WHERE seq = 7`, []string{"record 7: deleted"}, false},
+		{"delete range", `DELETE FROM records WHERE seq BETWEEN 7 AND 9`, []string{"record 7: records 7 to 9 deleted"}, false},
+		{"delete the last", `DELETE FROM records WHERE seq >= 9`, []string{"records 9 to 10 deleted from the end"}, false},
+		{"reorder", `UPDATE records SET seq = seq + 100 WHERE seq = 4; UPDATE records SET seq = 4 WHERE seq = 6; UPDATE records SET seq = 6 WHERE seq = 104`, []string{"record 4", "record 6"}, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -84,6 +87,11 @@ func TestTamperingShows(t *testing.T) {
 			fill(t, j, 10)
 			if _, err := raw(t, p).Exec(c.sql); err != nil {
 				t.Fatal(err)
+			}
+			if c.noHead {
+				if err := os.Remove(p + ".head"); err != nil {
+					t.Fatal(err)
+				}
 			}
 			probs := verify(t, j)
 			var got []string
