@@ -67,6 +67,13 @@ type VM struct {
 	conn     connector
 	d        *Daemon
 
+	// dumpMu orders a QMP memory dump and pause_vm: while QEMU writes a
+	// dump it has stopped the guest itself and starts it again when done,
+	// so a pause asked for meanwhile is made after the dump
+	dumpMu         sync.Mutex
+	dumping        bool
+	pauseAfterDump bool
+
 	mu        sync.RWMutex
 	state     string
 	lastErr   string
@@ -259,6 +266,11 @@ func (vm *VM) step(ctx context.Context) error {
 		return err
 	}
 	state := stateOf(status)
+	if status == "save-vm" && vm.ownDump() {
+		// our own evidence dump stops the guest for its length: not a
+		// pause of the VM's (it resumes by itself, unless pause_vm ran)
+		state = vm.currentState()
+	}
 	vm.setState(ctx, state, "QEMU reports "+status)
 	metrics := map[string]float64{}
 	if state == StateRunning || state == StatePaused {
@@ -706,8 +718,21 @@ func (vm *VM) pause(ctx context.Context) error {
 	if m == nil {
 		return errors.New("no monitor")
 	}
+	vm.dumpMu.Lock()
+	defer vm.dumpMu.Unlock()
+	if vm.dumping {
+		vm.pauseAfterDump = true
+		vm.d.log.Info("pause_vm during a memory dump: QEMU holds the guest stopped until the dump ends, then it is paused", "vm", vm.Name)
+		return nil
+	}
 	_, err := m.Run(ctx, "stop", nil)
 	return err
+}
+
+func (vm *VM) ownDump() bool {
+	vm.dumpMu.Lock()
+	defer vm.dumpMu.Unlock()
+	return vm.dumping
 }
 
 func (vm *VM) currentState() string {
@@ -772,6 +797,27 @@ func (vm *VM) dumpMemory(ctx context.Context, path string) error {
 	// whole length, so the state probes time out meanwhile and the VM is
 	// taken for unreachable (and its monitor connection closed under the
 	// dump)
+	vm.dumpMu.Lock()
+	if vm.dumping {
+		vm.dumpMu.Unlock()
+		return errors.New("another memory dump of this VM is being written (by another alarm's capture_evidence); QEMU writes one at a time")
+	}
+	vm.dumping = true
+	vm.dumpMu.Unlock()
+	defer func() {
+		vm.dumpMu.Lock()
+		defer vm.dumpMu.Unlock()
+		vm.dumping = false
+		if vm.pauseAfterDump {
+			vm.pauseAfterDump = false
+			// QEMU has resumed the guest it stopped for the dump
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			if _, err := m.Run(sctx, "stop", nil); err != nil {
+				vm.d.log.Error("pause_vm after the memory dump failed", "vm", vm.Name, "err", err)
+			}
+		}
+	}()
 	if _, err := m.Run(ctx, "dump-guest-memory", map[string]any{"paging": false, "protocol": "file:" + path, "detach": true}); err != nil {
 		return err
 	}
