@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"hash"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -93,6 +94,8 @@ CREATE TABLE IF NOT EXISTS anchor (
 
 // Open opens (creating if needed) the journal at path.
 func Open(path string, opt Options) (*Journal, error) {
+	_, serr := os.Stat(path)
+	created := errors.Is(serr, os.ErrNotExist)
 	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_pragma=foreign_keys(on)"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
@@ -117,10 +120,14 @@ func Open(path string, opt Options) (*Journal, error) {
 			return nil, err
 		}
 		j.lastSeq = first - 1
-		// a journal without records gets its head now: from here on a
-		// missing head file means a deleted one
-		if _, err := os.Stat(j.headPath()); errors.Is(err, os.ErrNotExist) {
-			j.writeHead()
+		// a journal created now gets its head at once: from here on a
+		// missing head file means a deleted one (an emptied database
+		// that was there before keeps its missing head: verify says so)
+		if created {
+			if err := j.writeHead(); err != nil {
+				db.Close()
+				return nil, fmt.Errorf("journal %s: head file: %w", path, err)
+			}
 		}
 	case err != nil:
 		db.Close()
@@ -186,7 +193,10 @@ func (j *Journal) Append(ctx context.Context, r Record) (Record, error) {
 		return Record{}, fmt.Errorf("journal append: %w", err)
 	}
 	j.lastSeq, j.lastHash = r.Seq, r.Hash
-	j.writeHead()
+	if err := j.writeHead(); err != nil {
+		// stored and chained; only the cut-off-the-end check lags
+		return r, fmt.Errorf("journal %s: record %d is stored, but the head file could not be written (free space, permissions of %s?): %w", j.path, r.Seq, filepath.Dir(j.path), err)
+	}
 	return r, nil
 }
 
@@ -195,14 +205,15 @@ func (j *Journal) Append(ctx context.Context, r Record) (Record, error) {
 // commit (without fsync): after a crash it may lag behind, never lead.
 func (j *Journal) headPath() string { return j.path + ".head" }
 
-func (j *Journal) writeHead() {
+func (j *Journal) writeHead() error {
 	h := j.hasher()
 	fmt.Fprintf(h, "head %d %s", j.lastSeq, j.lastHash)
 	line := fmt.Sprintf("%d %s %s\n", j.lastSeq, j.lastHash, hex.EncodeToString(h.Sum(nil)))
 	tmp := j.headPath() + ".tmp"
-	if os.WriteFile(tmp, []byte(line), 0o600) == nil {
-		os.Rename(tmp, j.headPath())
+	if err := os.WriteFile(tmp, []byte(line), 0o600); err != nil {
+		return err
 	}
+	return os.Rename(tmp, j.headPath())
 }
 
 func (j *Journal) readHead() (seq int64, hash string, ok bool) {
@@ -314,8 +325,9 @@ func (j *Journal) Verify(ctx context.Context) (checked int64, problems []Problem
 	}
 	defer rows.Close()
 	expect := first
-	var lastSeq int64
-	var lastHash string
+	// with no record left (retention took them all) the chain ends at its
+	// anchor, which the head names
+	lastSeq, lastHash := first-1, prev
 	for rows.Next() {
 		r, err := scan(rows)
 		if err != nil {
@@ -359,7 +371,7 @@ func (j *Journal) Verify(ctx context.Context) (checked int64, problems []Problem
 		}
 	} else if _, err := os.Stat(j.headPath()); err == nil {
 		problems = append(problems, Problem{lastSeq, "the journal's head file was altered"})
-	} else if errors.Is(err, os.ErrNotExist) && checked > 0 {
+	} else if errors.Is(err, os.ErrNotExist) {
 		// written since the journal was created, and only ever replaced
 		problems = append(problems, Problem{lastSeq, fmt.Sprintf("the journal's head file %s is gone (deleted): records cut off the end of the journal would not show", j.headPath())})
 	}

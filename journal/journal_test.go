@@ -224,3 +224,49 @@ func TestKeyedChainResistsRehash(t *testing.T) {
 		}
 	}
 }
+
+// TestEmptiedJournalShows: every record and the head file deleted, then the
+// journal opened again (as `vmwatch journal verify` does): the missing head
+// is reported, not replaced by a fresh one.
+func TestEmptiedJournalShows(t *testing.T) {
+	j, p := open(t, nil)
+	fill(t, j, 5)
+	j.Close()
+	if _, err := raw(t, p).Exec(`DELETE FROM records`); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(p + ".head"); err != nil {
+		t.Fatal(err)
+	}
+	j2, err := Open(p, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j2.Close()
+	if probs := verify(t, j2); len(probs) == 0 || !strings.Contains(probs[0].String(), "is gone") {
+		t.Errorf("emptied journal without its head: problems %v", probs)
+	}
+}
+
+// TestRetentionOfEverything: retention that deletes every record (an idle
+// daemon past max_age) leaves a journal that verifies, and goes on.
+func TestRetentionOfEverything(t *testing.T) {
+	j, _ := open(t, []byte("secret"))
+	fill(t, j, 5)
+	if n, err := j.Retain(context.Background(), 0, 0); err != nil || n != 0 {
+		t.Fatalf("retention with no limits deleted %d: %v", n, err)
+	}
+	if _, err := j.db.Exec(`UPDATE records SET time = '2000-01-01T00:00:00Z'`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := j.Retain(context.Background(), time.Hour, 0); err != nil || n != 5 {
+		t.Fatalf("age retention deleted %d of 5 old records: %v", n, err)
+	}
+	if probs := verify(t, j); len(probs) != 0 {
+		t.Fatalf("after retention took every record: %v", probs)
+	}
+	fill(t, j, 2)
+	if probs := verify(t, j); len(probs) != 0 {
+		t.Fatalf("records after retention took every record: %v", probs)
+	}
+}
