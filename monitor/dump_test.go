@@ -36,8 +36,8 @@ func (m *dumpMonitor) Run(_ context.Context, cmd string, _ any) (json.RawMessage
 	return json.RawMessage(`{}`), nil
 }
 func (m *dumpMonitor) HMP(context.Context, string) (string, error) { return "", nil }
-func (m *dumpMonitor) PID() int                                      { return 0 }
-func (m *dumpMonitor) Close() error                                  { return nil }
+func (m *dumpMonitor) PID() int                                    { return 0 }
+func (m *dumpMonitor) Close() error                                { return nil }
 
 func (m *dumpMonitor) commands() string {
 	m.mu.Lock()
