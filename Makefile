@@ -4,6 +4,9 @@ GO       ?= go
 BIN      := bin
 DEMO_DIR ?= /run/vmwatch/demo
 FUZZTIME ?= 300000x
+# FUZZTIME given on the command line (or in the environment) applies to
+# every target, those with their own fuzztime too
+FUZZTIME_SET := $(filter command line environment,$(origin FUZZTIME))
 
 # fuzz targets: package:FuzzName[:fuzztime]. FuzzViews runs every view of
 # a kernel over one input (many times slower per input than a single
@@ -45,7 +48,7 @@ unit:
 fuzz:
 	@for t in $(FUZZ); do \
 		pkg=$${t%%:*}; rest=$${t#*:}; name=$${rest%%:*}; ft=$(FUZZTIME); \
-		case $$rest in *:*) ft=$${rest#*:};; esac; \
+		case $$rest in *:*) [ -n "$(FUZZTIME_SET)" ] || ft=$${rest#*:};; esac; \
 		echo "fuzz $$name ($$pkg): $$ft"; \
 		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $$ft -fuzzminimizetime 2s $$pkg || exit 1; \
 	done

@@ -23,6 +23,8 @@ type VMInfo struct {
 	LastCheck    *time.Time         `json:"last_check,omitempty"`
 	CycleMs      float64            `json:"cycle_ms"`
 	Panics       uint64             `json:"panics"` // recovered in the VM's loop since it was added
+	// Booting: the guest kernel has not finished booting; checks wait
+	Booting bool `json:"booting,omitempty"`
 }
 
 // Info summarises the VM.
@@ -30,7 +32,7 @@ func (vm *VM) Info() VMInfo {
 	vm.mu.RLock()
 	defer vm.mu.RUnlock()
 	in := VMInfo{Name: vm.Name, Source: vm.Source, Monitor: vm.conn.describe(), State: vm.state, Kernel: vm.kernel,
-		Error: vm.lastErr, OpenFindings: len(vm.open), Metrics: map[string]float64{}, CycleMs: vm.cycleMs, Panics: vm.panics.Load()}
+		Error: vm.lastErr, OpenFindings: len(vm.open), Metrics: map[string]float64{}, CycleMs: vm.cycleMs, Panics: vm.panics.Load(), Booting: vm.booting}
 	for k, v := range vm.latest {
 		in.Metrics[k] = v
 	}

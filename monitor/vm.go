@@ -75,6 +75,7 @@ type VM struct {
 	pauseAfterDump bool
 
 	mu        sync.RWMutex
+	booting   bool // the last check found the kernel still booting
 	state     string
 	lastErr   string
 	kernel    string
@@ -533,6 +534,9 @@ func (vm *VM) check(ctx context.Context) error {
 		opt.Baseline = vm.baseline
 	}
 	rep, err := vm.runDetectors(ctx, opt)
+	vm.mu.Lock()
+	vm.booting = errors.Is(err, detect.ErrBooting)
+	vm.mu.Unlock()
 	if err != nil {
 		return err
 	}
