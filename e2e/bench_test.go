@@ -323,7 +323,14 @@ func BenchmarkSystemGuest(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer tg.Close()
+	// QEMU serves one QMP client at a time: the commands below connect
+	// only once this connection is closed
+	closed := false
+	defer func() {
+		if !closed {
+			tg.Close()
+		}
+	}()
 	k, err := linux.Open(tg.Mem, linux.Options{CPUs: tg.CPUs})
 	if err != nil {
 		b.Fatal(err)
@@ -364,6 +371,8 @@ func BenchmarkSystemGuest(b *testing.B) {
 			}
 		})
 	}
+	tg.Close()
+	closed = true
 	tgt := "qmp:" + vm.QMPPath
 	for _, c := range []struct {
 		name string
