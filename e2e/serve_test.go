@@ -369,10 +369,11 @@ func checkLibvirt(t *testing.T, d *daemon, domain *testvm.VM) {
 	// kernel was up (the code it had not patched into its final form yet
 	// looked like 18 inline hooks), the first one finds nothing
 	sawBooting := false
-	waitFor(t, 90*time.Second, "the new domain to be checked", func() bool {
+	waitFor(t, 90*time.Second, "the new domain to be checked once booted", func() bool {
 		l := d.vms(t)[late.Name]
 		sawBooting = sawBooting || l.Booting
-		return l.LastCheck != nil
+		// last_check is the last try; booting clears once a check ran
+		return l.LastCheck != nil && !l.Booting && l.Error == ""
 	})
 	if l := d.vms(t)[late.Name]; l.OpenFindings != 0 || l.Booting {
 		t.Errorf("the domain started after the daemon, once checked: %+v", l)
