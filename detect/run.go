@@ -174,11 +174,11 @@ func (s *Snapshot) addr(role string, a uint64) AddrEvidence {
 	return e
 }
 
-// Run runs the detectors once over a kernel.
-// ErrBooting is Run's answer while the guest kernel has not finished
-// booting (system_state below SYSTEM_RUNNING).
+// ErrBooting is Run's (and RecordBaseline's) answer while the guest kernel
+// has not finished booting (system_state below SYSTEM_RUNNING).
 var ErrBooting = errors.New("the guest kernel is still booting (system_state is below SYSTEM_RUNNING): its code is not in its final, patched form yet and its init memory is not freed, so the detectors would report the kernel's own boot-time code as hooks; check again once it has booted")
 
+// Run runs the detectors once over a kernel.
 func Run(ctx context.Context, k *linux.Kernel, opt Options) (*Report, error) {
 	now := time.Now
 	if opt.Now != nil {

@@ -517,17 +517,12 @@ func clamp(v, lo, hi float64) float64 { return max(lo, min(hi, v)) }
 func (vm *VM) check(ctx context.Context) error {
 	opt := detect.Options{VM: vm.Name, Rules: vm.d.rules, Yara: vm.d.yara}
 	if vm.settings.Baseline != nil && *vm.settings.Baseline {
-		// a kernel still booting writes its own text and rodata: no
-		// baseline is recorded or compared until it runs
-		booted, berr := vm.k.Booted()
-		if berr != nil {
-			vm.d.log.Warn("kernel boot state unknown, baseline recorded anyway", "vm", vm.Name, "err", berr)
-			booted = true
-		}
-		if vm.baseline == nil && booted {
+		// a kernel still booting writes its own text and rodata: detect
+		// neither records a baseline of it nor runs until it has booted
+		if vm.baseline == nil {
 			if b, err := vm.loadOrRecordBaseline(); err == nil {
 				vm.baseline = b
-			} else {
+			} else if !errors.Is(err, detect.ErrBooting) {
 				vm.d.log.Warn("kernel baseline", "vm", vm.Name, "err", err)
 			}
 		}
