@@ -65,6 +65,9 @@ type Kernel struct {
 	// patch sites in the kernel image, read once (see PatchSites)
 	sitesMu sync.Mutex
 	sites   []PatchSite
+	// the d_dname methods of pseudo file systems (see pseudoPath)
+	dnameOnce sync.Once
+	dnames    map[uint64]pseudoNamer
 }
 
 var releaseRE = regexp.MustCompile(`^Linux version (\S+)`)

@@ -14,6 +14,8 @@ type VMA struct {
 	File  string `json:"file,omitempty"`
 	// FileAddr is the struct file mapped, 0 for anonymous memory.
 	FileAddr Addr `json:"-"`
+	// Addr is the vm_area_struct.
+	Addr Addr `json:"-"`
 	// Special marks the kernel's own mappings ([vdso], [uprobes]): executable
 	// and without a file by design.
 	Special bool `json:"special,omitempty"`
@@ -48,6 +50,15 @@ type FileInfo struct {
 	Mode    uint32 `json:"mode"`
 	UID     uint32 `json:"uid"`
 	Socket  bool   `json:"socket,omitempty"`
+	// Link is the name the kernel gives the file (d_path): what
+	// readlink /proc/PID/fd/N and /proc/PID/maps show — Path with
+	// " (deleted)" for an unlinked file, socket:[INODE], pipe:[INODE],
+	// anon_inode:[eventfd] and the like for pseudo files.
+	Link  string `json:"link"`
+	Inode uint64 `json:"inode"`
+	// Dev is the kernel dev_t of the file's super block.
+	Dev   uint64 `json:"dev"`
+	MntID int64  `json:"mnt_id"`
 }
 
 // Setuid reports a set-user-ID file.
@@ -77,13 +88,27 @@ func (k *Kernel) FileInfo(file uint64) (FileInfo, error) {
 	if sockOps, ok := k.Syms.Lookup("socket_file_ops"); ok && f.ptr("f_op") == sockOps {
 		fi.Socket = true
 	}
+	nlinkZero := false
 	if inode != 0 {
 		if iv, err := k.Object("inode", inode); err == nil {
 			inf := &fields{v: iv}
 			fi.Mode = uint32(inf.uint("i_mode"))
 			fi.UID = uint32(inf.uint("i_uid"))
+			fi.Inode = inf.uint("i_ino")
+			if sb := inf.ptr("i_sb"); sb != 0 {
+				if dv, err := k.ReadField("super_block", sb, "s_dev"); err == nil {
+					fi.Dev, _ = dv.Uint()
+				}
+			}
 			if iv.Type.HasField("i_nlink") && inf.uint("i_nlink") == 0 {
-				fi.Deleted = true
+				nlinkZero = true
+			}
+		}
+	}
+	if mT, err := k.Types.Struct("mount"); err == nil {
+		if off, err := mT.FieldOffset("mnt"); err == nil && vfsmnt > off {
+			if v, err := k.ReadField("mount", vfsmnt-off, "mnt_id"); err == nil {
+				fi.MntID, _ = v.Int()
 			}
 		}
 	}
@@ -92,7 +117,20 @@ func (k *Kernel) FileInfo(file uint64) (FileInfo, error) {
 		return fi, err
 	}
 	fi.Path = p
-	fi.Deleted = fi.Deleted || unlinked
+	fi.Deleted = nlinkZero || unlinked
+	fi.Link = p
+	if unlinked {
+		fi.Link += " (deleted)"
+	}
+	if d, err := k.Object("dentry", dentry); err == nil {
+		root := uint64(0)
+		if r, err := k.ReadField("vfsmount", vfsmnt, "mnt_root"); err == nil {
+			root, _ = r.Ptr()
+		}
+		if name, ok := k.pseudoPath(d, root, inode); ok {
+			fi.Link = name
+		}
+	}
 	return fi, nil
 }
 
@@ -222,7 +260,7 @@ func (k *Kernel) VMAs(mmAddr uint64, paths bool) ([]VMA, error) {
 			continue
 		}
 		vf := &fields{v: v}
-		m := VMA{Start: Addr(vf.uint("vm_start")), End: Addr(vf.uint("vm_end")), Flags: vf.uint("vm_flags")}
+		m := VMA{Start: Addr(vf.uint("vm_start")), End: Addr(vf.uint("vm_end")), Flags: vf.uint("vm_flags"), Addr: Addr(a)}
 		if file := vf.ptr("vm_file"); file != 0 {
 			m.FileAddr = Addr(file)
 			if paths {

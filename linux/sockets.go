@@ -64,6 +64,8 @@ func (k *Kernel) tcpStates() map[uint64]string {
 type OpenFile struct {
 	FD   int
 	File uint64 // struct file
+	// CloseOnExec is the descriptor's bit in fdt->close_on_exec.
+	CloseOnExec bool
 }
 
 // Files reads a task's file descriptor table (task->files->fdt->fd[]).
@@ -87,6 +89,7 @@ func (k *Kernel) Files(task Value) ([]OpenFile, error) {
 	f := &fields{v: fdt}
 	maxFDs := f.uint("max_fds")
 	arr := f.ptr("fd")
+	coe := f.ptr("close_on_exec")
 	if len(f.errs) > 0 {
 		return nil, fmt.Errorf("fdtable: %s", strings.Join(f.errs, "; "))
 	}
@@ -100,10 +103,20 @@ func (k *Kernel) Files(task Value) ([]OpenFile, error) {
 	if err != nil {
 		return nil, err
 	}
+	// the close-on-exec bitmap: an array of unsigned longs
+	var bits []byte
+	if coe != 0 {
+		n := (maxFDs + 63) / 64 * 8
+		bits, _ = k.readTable("close_on_exec bitmap", coe, n, maxFDsRead/8)
+	}
 	var out []OpenFile
 	for i := 0; i < int(maxFDs); i++ {
 		if p := binary.LittleEndian.Uint64(buf[i*8:]); p != 0 {
-			out = append(out, OpenFile{FD: i, File: p})
+			of := OpenFile{FD: i, File: p}
+			if i/8 < len(bits) {
+				of.CloseOnExec = bits[i/8]&(1<<(i%8)) != 0
+			}
+			out = append(out, of)
 		}
 	}
 	return out, nil

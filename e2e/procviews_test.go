@@ -1,0 +1,405 @@
+package e2e
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmwatch/vmwatch/linux"
+	"github.com/vmwatch/vmwatch/testvm"
+)
+
+// The per-process views (maps, lsof, envars, caps) against the guest's own
+// /proc: every process, line by line.
+
+// TestProcViews runs lsof, envars and caps on both kernels' standard
+// guests (maps: TestVMAs).
+func TestProcViews(t *testing.T) {
+	forEachKernel(t, func(t *testing.T, series string) {
+		vm := standard(t, series)
+		tg := fmt.Sprintf("pid:%d", vm.PID())
+		plantFDs(t, vm)
+		t.Run("lsof", func(t *testing.T) { checkLsof(t, vm, tg) })
+		t.Run("envars", func(t *testing.T) { checkEnvars(t, vm, tg) })
+		t.Run("caps", func(t *testing.T) { checkCaps(t, vm, tg, false) })
+	})
+}
+
+// fdSleeper is the process plantFDs leaves running: its descriptors are a
+// file read part way (3), a deleted file written to (4), a file opened for
+// appending (5) and one for reading and writing (6); its stdout is a pipe
+// and its environment has a variable of the test's own.
+const fdSleeper = "sleep 1000020"
+
+// plantFDs starts fdSleeper once per guest.
+func plantFDs(t *testing.T, vm *testvm.VM) {
+	t.Helper()
+	script := `mkdir -p /tmp; [ -e /tmp/vmw-fds ] || { touch /tmp/vmw-fds; printf 'first line\nsecond line\n' > /tmp/vmw-read; ` +
+		`( VMW_PLANTED=fd-test sh -c 'exec 3</tmp/vmw-read; read l <&3; exec 4>/tmp/vmw-deleted; echo hello >&4; ` +
+		`rm /tmp/vmw-deleted; exec 5>>/tmp/vmw-append; exec 6<>/tmp/vmw-rw; echo $$ > /tmp/vmw-fds.pid; exec ` + fdSleeper + `' | sleep 1000021 ) ` +
+		`</dev/null >/dev/null 2>/tmp/vmw-fds.err & sleep 1; }; cat /tmp/vmw-fds.err; true`
+	out, err := vm.Run(script)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(out) != "" {
+		t.Logf("planting the descriptors: %s", out)
+	}
+}
+
+// sleeperPID is the pid of fdSleeper (the shell that became it wrote it).
+func sleeperPID(t *testing.T, vm *testvm.VM) int64 {
+	t.Helper()
+	out, err := vm.Run("cat /tmp/vmw-fds.pid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.ParseInt(strings.TrimSpace(out), 10, 64)
+	if err != nil {
+		t.Fatalf("pid of %q: %q", fdSleeper, out)
+	}
+	return pid
+}
+
+// guestFD is a descriptor as the guest's /proc shows it.
+type guestFD struct {
+	link                string
+	flags, ino, mnt, ok string
+	pos                 int64
+}
+
+// guestFDs reads every process's descriptors with two commands: ls -l of
+// the fd directories (the links; GNU ls told not to quote them) and grep of
+// the fdinfo files.
+func guestFDs(t *testing.T, vm *testvm.VM, pids ...int64) map[int64]map[int]guestFD {
+	t.Helper()
+	fd, info := "/proc/[0-9]*/fd/", "/proc/[0-9]*/fdinfo/*"
+	if len(pids) > 0 {
+		var a, b []string
+		for _, p := range pids {
+			a = append(a, fmt.Sprintf("/proc/%d/fd/", p))
+			b = append(b, fmt.Sprintf("/proc/%d/fdinfo/*", p))
+		}
+		fd, info = strings.Join(a, " "), strings.Join(b, " ")
+	}
+	out, err := vm.RunTimeout(fmt.Sprintf(`QUOTING_STYLE=literal ls -l %s 2>/dev/null; `+
+		`grep -H -E '^(pos|flags|mnt_id|ino):' %s 2>/dev/null | sed 's|^|I |'; true`, fd, info), 3*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[int64]map[int]guestFD{}
+	var cur int64 = -1
+	for _, line := range strings.Split(out, "\n") {
+		line = strings.TrimRight(line, "\r")
+		if d, ok := strings.CutSuffix(strings.TrimSuffix(line, ":"), "/fd/"); ok && strings.HasPrefix(d, "/proc/") {
+			cur, _ = strconv.ParseInt(strings.TrimPrefix(d, "/proc/"), 10, 64)
+			m[cur] = map[int]guestFD{}
+			continue
+		}
+		if rest, ok := strings.CutPrefix(line, "I /proc/"); ok {
+			// I /proc/PID/fdinfo/N:key:\tvalue
+			pidS, rest, _ := strings.Cut(rest, "/")
+			pid, _ := strconv.ParseInt(pidS, 10, 64)
+			file, kv, ok := strings.Cut(rest, ":")
+			if !ok || m[pid] == nil {
+				continue
+			}
+			fd, err := strconv.Atoi(strings.TrimPrefix(file, "fdinfo/"))
+			if err != nil {
+				continue
+			}
+			k, v, _ := strings.Cut(kv, ":")
+			v = strings.TrimSpace(v)
+			g, ok := m[pid][fd]
+			if !ok {
+				continue
+			}
+			switch k {
+			case "pos":
+				g.pos, _ = strconv.ParseInt(v, 10, 64)
+			case "flags":
+				g.flags = v
+			case "mnt_id":
+				g.mnt = v
+			case "ino":
+				g.ino = v
+			}
+			m[pid][fd] = g
+			continue
+		}
+		l, target, ok := strings.Cut(line, " -> ")
+		if cur < 0 || !ok {
+			continue
+		}
+		f := strings.Fields(l)
+		fd, err := strconv.Atoi(f[len(f)-1])
+		if err != nil {
+			continue
+		}
+		m[cur][fd] = guestFD{link: target, ok: "yes"}
+	}
+	return m
+}
+
+// checkLsof compares `vmwatch lsof` of every process with the guest's
+// /proc/PID/fd links and fdinfo (flags, inode, mount id; the position
+// within what /proc showed before and after, for files being written),
+// read before and after; a process whose descriptors changed in between is
+// compared again, up to three times. fdSleeper's descriptors are checked by
+// name: a file read part way, a deleted file, O_APPEND, a pipe.
+func checkLsof(t *testing.T, vm *testvm.VM, tg string) {
+	t.Helper()
+	sleeper := sleeperPID(t, vm)
+	var todo []int64
+	compared, fds := 0, 0
+	kinds := map[string]int{}
+	for round := 0; round < 3; round++ {
+		before := guestFDs(t, vm, todo...)
+		var ours []struct {
+			PID int64      `json:"pid"`
+			FDs []linux.FD `json:"fds"`
+		}
+		args := []string{"lsof", "-t", tg}
+		for _, p := range todo {
+			args = append(args, strconv.FormatInt(p, 10))
+		}
+		out, stderr, err := vmwatchRun(append(args, "-o", "json")...)
+		if err != nil {
+			t.Fatalf("vmwatch lsof: %v\n%s", err, stderr)
+		}
+		if err := json.Unmarshal(out, &ours); err != nil {
+			t.Fatal(err)
+		}
+		after := guestFDs(t, vm, todo...)
+		todo = nil
+		for _, p := range ours {
+			b, okB := before[p.PID]
+			a, okA := after[p.PID]
+			if !okA || !okB {
+				continue // started or ended meanwhile
+			}
+			diff := fdDiff(p.FDs, b, a)
+			if diff == "" {
+				compared++
+				fds += len(p.FDs)
+				for _, d := range p.FDs {
+					kinds[strings.SplitN(d.Path, ":", 2)[0]]++
+				}
+				continue
+			}
+			if round == 2 {
+				t.Errorf("descriptors of pid %d differ from /proc/%d/fd and fdinfo:\n%s", p.PID, p.PID, diff)
+			}
+			todo = append(todo, p.PID)
+		}
+		if len(todo) == 0 {
+			break
+		}
+	}
+	t.Logf("%d processes, %d descriptors equal to /proc/PID/fd and fdinfo (%v)", compared, fds, kinds)
+	if compared < 8 {
+		t.Errorf("only %d processes compared", compared)
+	}
+	// the planted descriptors, by what the test made them
+	var ours []struct {
+		FDs []linux.FD `json:"fds"`
+	}
+	vmwatchJSON(t, &ours, "lsof", "-t", tg, strconv.FormatInt(sleeper, 10))
+	if len(ours) != 1 {
+		t.Fatalf("lsof %d: %d processes", sleeper, len(ours))
+	}
+	by := map[int]linux.FD{}
+	for _, d := range ours[0].FDs {
+		by[d.FD] = d
+	}
+	const oAppend, oRdwr, oWronly = 0o2000, 2, 1
+	checks := []struct {
+		fd   int
+		ok   bool
+		what string
+	}{
+		{1, strings.HasPrefix(by[1].Path, "pipe:[") && by[1].Type == "FIFO", "stdout a pipe"},
+		{3, by[3].Path == "/tmp/vmw-read" && by[3].Pos > 0 && by[3].Type == "REG", "/tmp/vmw-read read part way"},
+		{4, by[4].Path == "/tmp/vmw-deleted (deleted)" && by[4].Deleted && by[4].Pos == 6, "a deleted file with 6 bytes written"},
+		{5, by[5].Path == "/tmp/vmw-append" && by[5].Flags&oAppend != 0 && by[5].Flags&3 == oWronly, "O_APPEND|O_WRONLY"},
+		{6, by[6].Path == "/tmp/vmw-rw" && by[6].Flags&3 == oRdwr, "O_RDWR"},
+	}
+	for _, c := range checks {
+		if !c.ok {
+			t.Errorf("fd %d of %q: want %s, got %+v", c.fd, fdSleeper, c.what, by[c.fd])
+		}
+	}
+}
+
+// fdDiff says how vmwatch's descriptors differ from /proc's, "" when they
+// equal what /proc showed before or after (a position between the two: a
+// file written meanwhile moved on).
+func fdDiff(ours []linux.FD, before, after map[int]guestFD) string {
+	if d := fdDiffNoPos(ours, after); d != "" {
+		if fdDiffNoPos(ours, before) != "" {
+			return d
+		}
+	}
+	for _, o := range ours {
+		lo, hi := before[o.FD].pos, after[o.FD].pos
+		if lo > hi {
+			lo, hi = hi, lo
+		}
+		if o.Pos < lo || o.Pos > hi {
+			return fmt.Sprintf("fd %d %s: position %d, /proc %d before and %d after", o.FD, o.Path, o.Pos, before[o.FD].pos, after[o.FD].pos)
+		}
+	}
+	return ""
+}
+
+// fdDiffNoPos compares everything but the positions.
+func fdDiffNoPos(ours []linux.FD, v map[int]guestFD) string {
+	var d []string
+	if len(v) != len(ours) {
+		d = append(d, fmt.Sprintf("%d descriptors, /proc has %d", len(ours), len(v)))
+	}
+	for _, o := range ours {
+		g, ok := v[o.FD]
+		if !ok {
+			d = append(d, fmt.Sprintf("fd %d %q: not in /proc", o.FD, o.Path))
+			continue
+		}
+		got := fmt.Sprintf("%s flags 0%o ino %d mnt_id %d", o.Path, o.Flags, o.Inode, o.MntID)
+		want := fmt.Sprintf("%s flags %s ino %s mnt_id %s", g.link, g.flags, g.ino, g.mnt)
+		if got != want {
+			d = append(d, fmt.Sprintf("fd %d: vmwatch %q, /proc %q", o.FD, got, want))
+		}
+	}
+	return strings.Join(d, "\n")
+}
+
+// checkEnvars compares `vmwatch envars` of every process with the guest's
+// /proc/PID/environ, and finds the variable the test set.
+func checkEnvars(t *testing.T, vm *testvm.VM, tg string) {
+	t.Helper()
+	sleeper := sleeperPID(t, vm)
+	// one command for all processes: head prints each file after a
+	// header line ("==> /proc/PID/environ <==", after a blank line from the
+	// second on); base64 carries the NULs over the serial console
+	headers := regexp.MustCompile(`(?:^|\n)==> /proc/([0-9]+)/environ <==\n`)
+	read := func() map[int64][]string {
+		out, err := vm.RunTimeout(`head -c 262144 /proc/[0-9]*/environ 2>/dev/null | base64 -w0; echo; true`, 3*time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(out))
+		if err != nil {
+			t.Fatalf("environ over the console: %v", err)
+		}
+		m := map[int64][]string{}
+		idx := headers.FindAllSubmatchIndex(raw, -1)
+		for i, h := range idx {
+			pid, _ := strconv.ParseInt(string(raw[h[2]:h[3]]), 10, 64)
+			end := len(raw)
+			if i+1 < len(idx) {
+				end = idx[i+1][0]
+			}
+			s := strings.TrimRight(string(raw[h[1]:end]), "\x00")
+			if s == "" {
+				m[pid] = nil
+				continue
+			}
+			m[pid] = strings.Split(s, "\x00")
+		}
+		return m
+	}
+	before := read()
+	var ours []struct {
+		PID     int64    `json:"pid"`
+		Environ []string `json:"environ"`
+		Errors  []string `json:"errors"`
+	}
+	vmwatchJSON(t, &ours, "envars", "-t", tg)
+	after := read()
+	compared, vars := 0, 0
+	planted := false
+	for _, p := range ours {
+		b, okB := before[p.PID]
+		a, okA := after[p.PID]
+		if !okA || !okB || len(a) == 0 && len(b) == 0 && len(p.Environ) == 0 {
+			continue
+		}
+		if !slices.Equal(p.Environ, a) && !slices.Equal(p.Environ, b) {
+			t.Errorf("environment of pid %d differs from /proc/%d/environ:\nvmwatch %q\n/proc   %q (errors %v)", p.PID, p.PID, p.Environ, a, p.Errors)
+			continue
+		}
+		compared++
+		vars += len(p.Environ)
+		if p.PID == sleeper && slices.Contains(p.Environ, "VMW_PLANTED=fd-test") {
+			planted = true
+		}
+	}
+	t.Logf("%d processes, %d variables equal to /proc/PID/environ", compared, vars)
+	if compared < 8 || !planted {
+		t.Errorf("%d processes compared; the planted variable found: %v", compared, planted)
+	}
+}
+
+// checkCaps compares `vmwatch caps` of every process with the Cap* lines
+// of the guest's /proc/PID/status. On the system guest some of systemd's
+// services run with a reduced bounding set, and the unprivileged user's
+// sleeper with none: variety is required there.
+func checkCaps(t *testing.T, vm *testvm.VM, tg string, system bool) {
+	t.Helper()
+	read := func() map[int64]string {
+		out, err := vm.RunTimeout(`grep -H '^Cap' /proc/[0-9]*/status 2>/dev/null; true`, 3*time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[int64]string{}
+		for _, line := range strings.Split(out, "\n") {
+			// /proc/PID/status:CapInh:\t0000000000000000
+			rest, ok := strings.CutPrefix(strings.TrimRight(line, "\r"), "/proc/")
+			if !ok {
+				continue
+			}
+			pidS, kv, ok := strings.Cut(rest, "/status:")
+			pid, err := strconv.ParseInt(pidS, 10, 64)
+			if !ok || err != nil {
+				continue
+			}
+			k, v, _ := strings.Cut(kv, ":")
+			m[pid] += k + "=" + strings.TrimSpace(v) + " "
+		}
+		return m
+	}
+	before := read()
+	var ours []struct {
+		PID int64 `json:"pid"`
+		linux.Capabilities
+	}
+	vmwatchJSON(t, &ours, "caps", "-t", tg)
+	after := read()
+	compared := 0
+	distinct := map[string]bool{}
+	for _, p := range ours {
+		got := fmt.Sprintf("CapInh=%016x CapPrm=%016x CapEff=%016x CapBnd=%016x CapAmb=%016x ",
+			p.Inheritable, p.Permitted, p.Effective, p.Bounding, p.Ambient)
+		b, okB := before[p.PID]
+		a, okA := after[p.PID]
+		if !okA || !okB {
+			continue
+		}
+		if got != a && got != b {
+			t.Errorf("capabilities of pid %d: vmwatch %q, /proc/%d/status %q", p.PID, got, p.PID, a)
+			continue
+		}
+		compared++
+		distinct[got] = true
+	}
+	t.Logf("%d processes, %d distinct capability sets equal to /proc/PID/status", compared, len(distinct))
+	if compared < 20 || system && len(distinct) < 3 {
+		t.Errorf("%d processes compared, %d distinct sets", compared, len(distinct))
+	}
+}
