@@ -3,7 +3,6 @@ package linux
 import (
 	"errors"
 	"fmt"
-	"strings"
 )
 
 // VMA is one mapping of a process's address space.
@@ -180,15 +179,7 @@ func (k *Kernel) dentryPath(dentry, vfsmnt uint64) (string, bool, error) {
 		}
 		dentry = parent
 	}
-	var b strings.Builder
-	for i := len(parts) - 1; i >= 0; i-- {
-		b.WriteString("/")
-		b.WriteString(parts[i])
-	}
-	if b.Len() == 0 {
-		return "/", unlinked, nil
-	}
-	return b.String(), unlinked, nil
+	return joinReversed(parts), unlinked, nil
 }
 
 // Exe resolves a process's executable (mm->exe_file).

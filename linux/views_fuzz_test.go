@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"testing"
@@ -90,7 +91,40 @@ func newFuzzLayout() *fuzzLayout {
 		mem{"skc_v6_daddr", arr(u8, 16), 16, 0}, mem{"skc_v6_rcv_saddr", arr(u8, 16), 32, 0})
 	sock := st("sock", 56, mem{"__sk_common", skc, 0, 0}, mem{"sk_protocol", u16, 48, 0}, mem{"sk_type", u16, 50, 0})
 	st("socket", 16, mem{"state", u32, 0, 0}, mem{"type", u16, 4, 0}, mem{"sk", ptr(sock), 8, 0})
-	task := st("task_struct", 160)
+	// mount namespaces and mounts (fs/mount.h, the list of Linux 6.1),
+	// dentries, super blocks, network namespaces and devices
+	nsc := st("ns_common", 4, mem{"inum", u32, 0, 0})
+	qstr := st("qstr", 16, mem{"hash_len", u64, 0, 0}, mem{"name", ptr(char), 8, 0})
+	hbl := st("hlist_bl_node", 16, mem{"next", ptr(u64), 0, 0}, mem{"pprev", ptr(u64), 8, 0})
+	dentry := st("dentry", 56)
+	dentry.Members = mk([]mem{{"d_hash", hbl, 0, 0}, {"d_parent", ptr(dentry), 16, 0}, {"d_name", qstr, 24, 0},
+		{"d_op", ptr(u64), 40, 0}, {"d_inode", ptr(inode), 48, 0}})
+	fstype := st("file_system_type", 8, mem{"name", ptr(char), 0, 0})
+	sb := st("super_block", 32, mem{"s_dev", u32, 0, 0}, mem{"s_flags", u64, 8, 0},
+		mem{"s_type", ptr(fstype), 16, 0}, mem{"s_subtype", ptr(char), 24, 0})
+	vfsmount := st("vfsmount", 24, mem{"mnt_root", ptr(dentry), 0, 0}, mem{"mnt_sb", ptr(sb), 8, 0}, mem{"mnt_flags", s32, 16, 0})
+	mount := st("mount", 80)
+	mount.Members = mk([]mem{{"mnt_parent", ptr(mount), 0, 0}, {"mnt_mountpoint", ptr(dentry), 8, 0}, {"mnt", vfsmount, 16, 0},
+		{"mnt_list", lh, 40, 0}, {"mnt_devname", ptr(char), 56, 0}, {"mnt_id", s32, 64, 0}, {"mnt_group_id", s32, 68, 0},
+		{"mnt_master", ptr(mount), 72, 0}})
+	mntns := st("mnt_namespace", 32, mem{"ns", nsc, 0, 0}, mem{"root", ptr(mount), 8, 0}, mem{"list", lh, 16, 0})
+	path := st("path", 16, mem{"mnt", ptr(vfsmount), 0, 0}, mem{"dentry", ptr(dentry), 8, 0})
+	fs := st("fs_struct", 16, mem{"root", path, 0, 0})
+	inIfa := st("in_ifaddr", 32)
+	inIfa.Members = mk([]mem{{"ifa_next", ptr(inIfa), 0, 0}, {"ifa_local", u32, 8, 0}, {"ifa_prefixlen", u8, 12, 0},
+		{"ifa_scope", u8, 13, 0}, {"ifa_label", arr(char, 16), 16, 0}})
+	inDev := st("in_device", 8, mem{"ifa_list", ptr(inIfa), 0, 0})
+	in6Dev := st("inet6_dev", 16, mem{"addr_list", lh, 0, 0})
+	st("inet6_ifaddr", 40, mem{"addr", arr(u8, 16), 0, 0}, mem{"prefix_len", u32, 16, 0}, mem{"scope", s32, 20, 0}, mem{"if_list", lh, 24, 0})
+	netT := st("net", 40, mem{"ns", nsc, 0, 0}, mem{"list", lh, 8, 0}, mem{"dev_base_head", lh, 24, 0})
+	st("net_device", 88, mem{"name", arr(char, 16), 0, 0}, mem{"dev_list", lh, 16, 0}, mem{"ifindex", s32, 32, 0},
+		mem{"flags", u32, 36, 0}, mem{"mtu", u32, 40, 0}, mem{"type", u16, 44, 0}, mem{"addr_len", u8, 46, 0},
+		mem{"operstate", u8, 47, 0}, mem{"gflags", u16, 48, 0}, mem{"promiscuity", u32, 52, 0}, mem{"state", u64, 56, 0},
+		mem{"dev_addr", ptr(u8), 64, 0}, mem{"ip_ptr", ptr(inDev), 72, 0}, mem{"ip6_ptr", ptr(in6Dev), 80, 0})
+	nsproxy := st("nsproxy", 16, mem{"mnt_ns", ptr(mntns), 0, 0}, mem{"net_ns", ptr(netT), 8, 0})
+	st("rb_node", 24, mem{"__rb_parent_color", u64, 0, 0}, mem{"rb_right", ptr(u64), 8, 0}, mem{"rb_left", ptr(u64), 16, 0})
+
+	task := st("task_struct", 168)
 	task.Members = mk([]mem{
 		{"__state", u32, 0, 0}, {"flags", u32, 4, 0}, {"comm", arr(char, 16), 16, 0},
 		{"pid", s32, 32, 0}, {"tgid", s32, 36, 0}, {"exit_state", s32, 40, 0},
@@ -99,6 +133,7 @@ func newFuzzLayout() *fuzzLayout {
 		{"real_parent", ptr(task), 80, 0}, {"parent", ptr(task), 88, 0}, {"real_cred", ptr(cred), 96, 0},
 		{"mm", ptr(u64), 104, 0}, {"thread_pid", ptr(pid), 112, 0}, {"signal", ptr(signal), 120, 0},
 		{"files", ptr(files), 128, 0}, {"start_boottime", u64, 136, 0}, {"group_leader", ptr(task), 144, 0},
+		{"nsproxy", ptr(nsproxy), 152, 0}, {"fs", ptr(fs), 160, 0},
 	})
 
 	// the printk ring (kernel/printk/printk_ringbuffer.h)
@@ -272,6 +307,8 @@ const (
 	fuzzPrb       = fuzzData + 0x100 // prb, a pointer to the ring
 	fuzzMapleRoot = fuzzData + 0x108 // a maple tree root
 	fuzzSockOps   = fuzzData + 0x110 // socket_file_ops
+	fuzzNetNSList = fuzzData + 0x118 // net_namespace_list
+	fuzzRBRoot    = fuzzData + 0x128 // a red-black tree's top node
 	fuzzObject    = fuzzData + 0x200 // a task_struct for the typed-value checks
 )
 
@@ -298,6 +335,7 @@ func fuzzKernel(t testing.TB, types Types, data []byte) *Kernel {
 		{Addr: fuzzInitTask, Name: "init_task", Type: 'D'},
 		{Addr: fuzzPrb, Name: "prb", Type: 'D'},
 		{Addr: fuzzSockOps, Name: "socket_file_ops", Type: 'R'},
+		{Addr: fuzzNetNSList, Name: "net_namespace_list", Type: 'D'},
 	})
 	return &Kernel{Mem: mem, AS: as, Loc: Location{Levels: 4}, Syms: syms, Types: types, log: slog.New(slog.DiscardHandler)}
 }
@@ -339,6 +377,19 @@ func driveViews(k *Kernel) {
 	k.TaskAlive(fuzzInitTask)
 	k.Sockets()
 	k.ftraceSites()
+	k.Mounts(nil)
+	k.Mounts([]int64{42})
+	k.Interfaces()
+	if top, err := k.Uint64(fuzzRBRoot); err == nil {
+		k.rbInOrder(top, 1000)
+	}
+	if tasks, _ := k.ProcessTasks(nil); len(tasks) > 0 {
+		for _, t := range tasks {
+			k.Maps(t)
+			k.FDs(t)
+			k.Caps(t)
+		}
+	}
 }
 
 // fuzzDeadline bounds one input: every walk is bounded, so even the worst
@@ -358,7 +409,7 @@ func badTaskLayout() []byte {
 func fuzzTaskMemory() []byte {
 	// small, so that the fuzzer's minimizer has little to cut; the rest of
 	// the mapped window reads as zeros
-	m := make([]byte, 0x680)
+	m := make([]byte, 0x980)
 	le := binary.LittleEndian
 	// two tasks on the task list, each with its cred and struct pid
 	task := func(at, other uint64, pid int32, comm string, pidStruct uint64) {
@@ -391,6 +442,62 @@ func fuzzTaskMemory() []byte {
 	le.PutUint64(m[0x108:], fuzzData+0x600|0x0a)
 	le.PutUint64(m[0x600+8:], 0xffffffff)       // pivot 0
 	le.PutUint64(m[0x600+64:], fuzzData+0x3000) // slot 0
+	// sshd's namespaces: a mount namespace of one mount (rootfs on its own
+	// root dentry) and a network namespace with lo and its two addresses
+	o := uint64(fuzzObject - fuzzData)
+	le.PutUint64(m[o+152:], fuzzData+0x680) // nsproxy
+	le.PutUint64(m[o+160:], fuzzData+0x690) // fs
+	le.PutUint64(m[0x680:], fuzzData+0x6a0) // mnt_ns
+	le.PutUint64(m[0x688:], fuzzData+0x700) // net_ns
+	le.PutUint64(m[0x690:], fuzzData+0x780+16)
+	le.PutUint64(m[0x698:], fuzzData+0x800)
+	le.PutUint32(m[0x6a0:], 0xf0000001)           // mnt ns inum
+	le.PutUint64(m[0x6a0+8:], fuzzData+0x780)     // root
+	le.PutUint64(m[0x6a0+16:], fuzzData+0x780+40) // list.next
+	le.PutUint64(m[0x6a0+24:], fuzzData+0x780+40) // list.prev
+	le.PutUint64(m[0x780:], fuzzData+0x780)       // mnt_parent: itself
+	le.PutUint64(m[0x780+8:], fuzzData+0x800)     // mnt_mountpoint
+	le.PutUint64(m[0x780+16:], fuzzData+0x800)    // mnt.mnt_root
+	le.PutUint64(m[0x780+24:], fuzzData+0x840)    // mnt.mnt_sb
+	le.PutUint32(m[0x780+32:], 0x20)              // relatime
+	le.PutUint64(m[0x780+40:], fuzzData+0x6a0+16) // mnt_list.next
+	le.PutUint64(m[0x780+48:], fuzzData+0x6a0+16) // mnt_list.prev
+	le.PutUint64(m[0x780+56:], fuzzData+0x860)    // mnt_devname
+	le.PutUint32(m[0x780+64:], 1)                 // mnt_id
+	le.PutUint64(m[0x800+16:], fuzzData+0x800)    // d_parent: itself
+	le.PutUint32(m[0x840:], 2)                    // s_dev 0:2
+	le.PutUint64(m[0x840+16:], fuzzData+0x870)    // s_type
+	copy(m[0x860:], "rootfs")                     // devname and type name
+	le.PutUint64(m[0x870:], fuzzData+0x860)       // file_system_type.name
+	le.PutUint64(m[0x118:], fuzzData+0x700+8)     // net_namespace_list.next
+	le.PutUint64(m[0x120:], fuzzData+0x700+8)     // .prev
+	le.PutUint32(m[0x700:], 0xf0000002)           // net ns inum
+	le.PutUint64(m[0x700+8:], fuzzNetNSList)      // list
+	le.PutUint64(m[0x700+16:], fuzzNetNSList)     //
+	le.PutUint64(m[0x700+24:], fuzzData+0x8a0+16) // dev_base_head
+	le.PutUint64(m[0x700+32:], fuzzData+0x8a0+16) //
+	copy(m[0x8a0:], "lo")                         // name
+	le.PutUint64(m[0x8a0+16:], fuzzData+0x700+24) // dev_list
+	le.PutUint64(m[0x8a0+24:], fuzzData+0x700+24) //
+	le.PutUint32(m[0x8a0+32:], 1)                 // ifindex
+	le.PutUint32(m[0x8a0+36:], 0x9)               // UP, LOOPBACK
+	le.PutUint32(m[0x8a0+40:], 65536)             // mtu
+	m[0x8a0+46] = 6                               // addr_len
+	le.PutUint64(m[0x8a0+56:], 1)                 // state: started
+	le.PutUint64(m[0x8a0+64:], fuzzData+0x880)    // dev_addr (zeros)
+	le.PutUint64(m[0x8a0+72:], fuzzData+0x900)    // ip_ptr
+	le.PutUint64(m[0x8a0+80:], fuzzData+0x910)    // ip6_ptr
+	le.PutUint64(m[0x900:], fuzzData+0x920)       // ifa_list
+	le.PutUint64(m[0x910:], fuzzData+0x950+24)    // addr_list
+	le.PutUint64(m[0x918:], fuzzData+0x950+24)    //
+	le.PutUint32(m[0x920+8:], 0x0100007f)         // 127.0.0.1
+	m[0x920+12], m[0x920+13] = 8, 254             // /8 scope host
+	copy(m[0x920+16:], "lo")                      // label
+	m[0x950+15] = 1                               // ::1
+	le.PutUint32(m[0x950+16:], 128)               // prefix_len
+	le.PutUint32(m[0x950+20:], 0x10)              // IFA_HOST
+	le.PutUint64(m[0x950+24:], fuzzData+0x910)    // if_list
+	le.PutUint64(m[0x950+32:], fuzzData+0x910)    //
 	return m
 }
 
@@ -451,6 +558,14 @@ func TestScanTasksBadLayout(t *testing.T) {
 	}
 	if recs, err := k.Dmesg(); err != nil || len(recs) != 1 || recs[0].Text != "hello" {
 		t.Errorf("Dmesg on the base layout: %+v %v", recs, err)
+	}
+	if ns, err := k.Mounts(nil); err != nil || len(ns) != 1 || ns[0].Inum != 0xf0000001 || len(ns[0].Mounts) != 1 ||
+		ns[0].Mounts[0].Line() != "1 1 0:2 / / rw,relatime - rootfs rootfs rw" || !ns[0].Mounts[0].Visible {
+		t.Errorf("Mounts on the base layout: %+v %v", ns, err)
+	}
+	if ns, err := k.Interfaces(); err != nil || len(ns) != 1 || len(ns[0].Interfaces) != 1 || len(ns[0].PIDs) != 1 ||
+		fmt.Sprint(ns[0].Interfaces[0].Flags, ns[0].Interfaces[0].Addrs) != "[LOOPBACK UP LOWER_UP] [{inet 127.0.0.1 8 host lo} {inet6 ::1 128 host }]" {
+		t.Errorf("Interfaces on the base layout: %+v %v", ns, err)
 	}
 	root, _ := k.Uint64(fuzzMapleRoot)
 	if es, err := k.mapleEntries(root); err != nil || len(es) != 1 || es[0] != fuzzData+0x3000 {

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/vmwatch/vmwatch/linux"
@@ -271,3 +272,65 @@ ones ("full" when the effective set is the whole bounding set).`,
 }
 
 func capHex(v uint64) string { return fmt.Sprintf("%016x", v) }
+
+type bashOut struct {
+	PID     int64                `json:"pid"`
+	Comm    string               `json:"comm"`
+	History []linux.HistoryEntry `json:"history"`
+	Errors  []string             `json:"errors,omitempty"`
+}
+
+func newBashCmd(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "bash [PID]...",
+		Short: "Recover the command history held in bash processes' memory",
+		Long: `Searches the heap of every bash process (of the processes given, when pids
+are) for its history list: each command with the time bash recorded it, in
+the list's order. The list is in memory whether or not it was ever written
+to ~/.bash_history, and stays there after HISTFILE is unset or the file is
+deleted. Entries found on the heap but not in the list (index -1) follow,
+by time.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			type hist struct {
+				bash    bool
+				entries []linux.HistoryEntry
+			}
+			ps, err := readPerProcess(cmd, g, args, "process list", func(k *linux.Kernel, t linux.Value) (hist, error) {
+				if len(args) == 0 && !k.IsBash(t) {
+					return hist{}, nil
+				}
+				h, err := k.BashHistory(t)
+				return hist{true, h}, err
+			})
+			if err != nil {
+				return err
+			}
+			out := []bashOut{}
+			for _, p := range ps {
+				if !p.Items.bash && len(p.Errors) == 0 {
+					continue
+				}
+				h := p.Items.entries
+				if h == nil {
+					h = []linux.HistoryEntry{}
+				}
+				out = append(out, bashOut{p.PID, p.Comm, h, p.Errors})
+			}
+			return emit(os.Stdout, g.output, out, func(tw *tabwriter.Writer) {
+				row(tw, "PID", "COMM", "INDEX", "TIME", "COMMAND")
+				for _, p := range out {
+					for _, e := range p.Errors {
+						linef(os.Stderr, "vmwatch: warning: pid %d: %s", p.PID, e)
+					}
+					for _, e := range p.History {
+						idx := strconv.Itoa(e.Index)
+						if e.Index < 0 {
+							idx = "-"
+						}
+						row(tw, p.PID, p.Comm, idx, time.Unix(e.Time, 0).UTC().Format(time.RFC3339), e.Command)
+					}
+				}
+			})
+		},
+	}
+}
