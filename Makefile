@@ -50,7 +50,7 @@ fuzz:
 		pkg=$${t%%:*}; rest=$${t#*:}; name=$${rest%%:*}; ft=$(FUZZTIME); \
 		case $$rest in *:*) [ -n "$(FUZZTIME_SET)" ] || ft=$${rest#*:};; esac; \
 		echo "fuzz $$name ($$pkg): $$ft"; \
-		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $$ft -fuzzminimizetime 2s $$pkg || exit 1; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $$ft -fuzzminimizetime 100x $$pkg || exit 1; \
 	done
 
 bench: deps

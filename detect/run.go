@@ -85,6 +85,7 @@ func Detectors() []Detector {
 		{ID: "kernel-hooks", Title: "ftrace, kprobe and eBPF hooks", Run: kernelHooks},
 		{ID: "credentials", Title: "Stolen or shared credentials", Run: credentials},
 		{ID: "process-anomalies", Title: "Masquerading, fileless, injected and reverse-shell processes", Run: processAnomalies},
+		{ID: "ptrace", Title: "Processes traced by a program that is not a debugger", Run: ptraceTracers},
 		{ID: "rules", Title: "User rules", Run: runRules},
 		{ID: "yara", Title: "YARA signatures in kernel and process memory", Run: runYara},
 	}

@@ -11,16 +11,18 @@ import (
 	"github.com/vmwatch/vmwatch/testvm"
 )
 
-// The namespace views (mounts, ifaces) against the guest's own /proc and
+// The guest-wide views (mounts, ifaces, iomem) against the guest's own /proc and
 // tools.
 
-// TestNSViews runs mounts and ifaces on both kernels' standard guests.
-func TestNSViews(t *testing.T) {
+// TestGuestViews runs mounts, ifaces and iomem on both kernels' standard
+// guests.
+func TestGuestViews(t *testing.T) {
 	forEachKernel(t, func(t *testing.T, series string) {
 		vm := standard(t, series)
 		tg := fmt.Sprintf("pid:%d", vm.PID())
 		t.Run("mounts", func(t *testing.T) { checkMounts(t, vm, tg) })
 		t.Run("ifaces", func(t *testing.T) { checkIfaces(t, vm, tg, false) })
+		t.Run("iomem", func(t *testing.T) { checkIomem(t, vm, tg) })
 	})
 }
 
@@ -526,4 +528,30 @@ func checkBash(t *testing.T, vm *testvm.VM, tg string) {
 		t.Errorf("the planted commands are not all in bash's own history: %q", want)
 	}
 	t.Logf("bash pid %d: %d history entries equal to its own history builtin's, with timestamps", pid, len(got))
+}
+
+// checkIomem compares iomem and iomem --ports with the guest's /proc/iomem
+// and /proc/ioports (read as root: real addresses), line for line.
+func checkIomem(t *testing.T, vm *testvm.VM, tg string) {
+	for _, c := range []struct{ file, flag string }{{"/proc/iomem", ""}, {"/proc/ioports", "--ports"}} {
+		args := []string{"iomem", "-t", tg}
+		if c.flag != "" {
+			args = append(args, c.flag)
+		}
+		ours := strings.TrimRight(string(vmwatch(t, args...)), "\n")
+		guest, err := vm.Run("cat " + c.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		guest = strings.TrimRight(guest, "\n")
+		if ours != guest {
+			t.Errorf("vmwatch %s differs from %s:\nvmwatch:\n%s\nguest:\n%s", strings.Join(args, " "), c.file, ours, guest)
+			continue
+		}
+		n := strings.Count(ours, "\n") + 1
+		if n < 10 || !strings.Contains(ours, "Kernel code") && c.flag == "" {
+			t.Errorf("%s: %d lines, no Kernel code", c.file, n)
+		}
+		t.Logf("%s: %d lines equal", c.file, n)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmwatch/vmwatch/detect"
 	"github.com/vmwatch/vmwatch/linux"
 	"github.com/vmwatch/vmwatch/testvm"
 )
@@ -402,4 +404,65 @@ func checkCaps(t *testing.T, vm *testvm.VM, tg string, system bool) {
 	if compared < 20 || system && len(distinct) < 3 {
 		t.Errorf("%d processes compared, %d distinct sets", compared, len(distinct))
 	}
+}
+
+// checkPtrace traces a sleep with a Python tracer (PTRACE_ATTACH through
+// ctypes, then PTRACE_CONT): vmwatch ptrace must show every thread the
+// guest's /proc shows a TracerPid for, and check must report the tracer,
+// which is no debugger. Both processes are killed at the end (the tracee
+// is detached by the tracer's exit), so later checks see a clean guest.
+func checkPtrace(t *testing.T, vm *testvm.VM, tg string) {
+	py := `import ctypes,os,time; l=ctypes.CDLL(None,use_errno=True); p=int(open("/tmp/vmw-tracee.pid").read()); ` +
+		`r=l.ptrace(16,p,0,0); os.waitpid(p,0); l.ptrace(7,p,0,0); open("/tmp/vmw-tracer.pid","w").write("%d %d" % (r, os.getpid())); time.sleep(1000070)`
+	out, err := vm.Run(`rm -f /tmp/vmw-tracer.pid; sleep 1000071 </dev/null >/dev/null 2>&1 & echo $! > /tmp/vmw-tracee.pid; ` +
+		`python3 -c '` + py + `' </dev/null >/dev/null 2>/tmp/vmw-tracer.err & ` +
+		`for i in 1 2 3 4 5 6 7 8 9 10; do [ -s /tmp/vmw-tracer.pid ] && break; sleep 1; done; cat /tmp/vmw-tracer.err; echo; cat /tmp/vmw-tracee.pid /tmp/vmw-tracer.pid`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(out)
+	if len(f) < 3 || f[len(f)-2] != "0" {
+		t.Fatalf("planting the tracer: %q (want the tracee's pid, ptrace's 0 and the tracer's pid)", out)
+	}
+	tracee, _ := strconv.ParseInt(f[len(f)-3], 10, 64)
+	tracer, _ := strconv.ParseInt(f[len(f)-1], 10, 64)
+	defer vm.Run(fmt.Sprintf("kill %d %d; true", tracer, tracee))
+	guestRE := regexp.MustCompile(`^/proc/\d+/task/(\d+)/status:TracerPid:\s*(\d+)$`)
+	out, err = vm.Run(`grep -H TracerPid /proc/[0-9]*/task/*/status 2>/dev/null | grep -v "TracerPid:\s*0$"; true`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{}
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		if m := guestRE.FindStringSubmatch(l); m != nil {
+			want[m[1]+" "+m[2]] = true
+		}
+	}
+	var ours []struct {
+		TID       int64  `json:"tid"`
+		PID       int64  `json:"pid"`
+		TracerPID int64  `json:"tracer_pid"`
+		Comm      string `json:"comm"`
+	}
+	vmwatchJSON(t, &ours, "ptrace", "-t", tg)
+	got := map[string]bool{}
+	for _, p := range ours {
+		got[fmt.Sprintf("%d %d", p.TID, p.TracerPID)] = true
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("traced threads (tid tracer): vmwatch %v, the guest's TracerPid %v", got, want)
+	}
+	if !want[fmt.Sprintf("%d %d", tracee, tracer)] {
+		t.Errorf("the guest does not show %d tracing %d: %v", tracer, tracee, want)
+	}
+	found := false
+	for _, fd := range check(t, vm, "--only", "ptrace") {
+		if fd.ID == "ptrace-tracer" && fd.Severity == detect.High && slices.Contains(fd.Evidence.PIDs, tracee) && slices.Contains(fd.Evidence.PIDs, tracer) {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("check --only ptrace did not report %d tracing %d", tracer, tracee)
+	}
+	t.Logf("%d traced threads equal to the guest's TracerPid; the tracer reported", len(got))
 }

@@ -122,6 +122,8 @@ func TestSystemGuest(t *testing.T) {
 			t.Run("mounts", func(t *testing.T) { checkMounts(t, vm, tg) })
 			t.Run("ifaces", func(t *testing.T) { checkIfaces(t, vm, tg, true) })
 			t.Run("bash", func(t *testing.T) { checkBash(t, vm, tg) })
+			t.Run("iomem", func(t *testing.T) { checkIomem(t, vm, tg) })
+			t.Run("ptrace", func(t *testing.T) { checkPtrace(t, vm, tg) })
 			t.Run("namespaces", func(t *testing.T) { checkNamespaces(t, vm, tg) })
 			t.Run("yara", func(t *testing.T) { checkYaraHeap(t, vm) })
 			t.Run("clean and busy", func(t *testing.T) { checkBusyClean(t, vm, 20) })

@@ -380,6 +380,8 @@ func driveViews(k *Kernel) {
 	k.Mounts(nil)
 	k.Mounts([]int64{42})
 	k.Interfaces()
+	k.Ptraces()
+	k.Resources(false)
 	if top, err := k.Uint64(fuzzRBRoot); err == nil {
 		k.rbInOrder(top, 1000)
 	}

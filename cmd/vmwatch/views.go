@@ -416,3 +416,70 @@ func newSymbolsCmd(g *globalFlags) *cobra.Command {
 		},
 	}
 }
+
+func newIomemCmd(g *globalFlags) *cobra.Command {
+	var ports bool
+	cmd := &cobra.Command{
+		Use:   "iomem",
+		Short: "Show the kernel's map of physical memory (or I/O ports), as /proc/iomem does",
+		Long: `Walks the kernel's resource tree (iomem_resource, or ioport_resource with
+--ports) and prints it as /proc/iomem and /proc/ioports do, as root sees them:
+each range, its owner (System RAM, Kernel code, a PCI device, a driver) and
+its nesting.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rs, err := readList(cmd, g, "resource tree", func(k *linux.Kernel) ([]linux.Resource, error) {
+				return k.Resources(ports)
+			})
+			if err != nil {
+				return err
+			}
+			if g.output != "table" {
+				return emit(os.Stdout, g.output, rs, nil)
+			}
+			width := 8
+			if ports {
+				width = 4
+			}
+			for _, r := range rs {
+				linef(os.Stdout, "%s", r.Line(width))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&ports, "ports", false, "the I/O port map (/proc/ioports) instead")
+	return cmd
+}
+
+func newPtraceCmd(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "ptrace",
+		Short: "Show which threads are traced and by whom",
+		Long: `Lists every traced thread with its tracer (the TracerPid of
+/proc/PID/task/TID/status), whether it was attached or seized, and the
+options the tracer set. Debuggers and strace trace; so does malware that
+injects code into another process or hides a process's system calls.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ps, err := readList(cmd, g, "task list", func(k *linux.Kernel) ([]linux.Ptrace, error) {
+				return k.Ptraces()
+			})
+			if err != nil {
+				return err
+			}
+			if ps == nil {
+				ps = []linux.Ptrace{}
+			}
+			return emit(os.Stdout, g.output, ps, func(tw *tabwriter.Writer) {
+				row(tw, "PID", "TID", "COMM", "TRACER_PID", "TRACER_TID", "TRACER", "HOW", "OPTIONS")
+				for _, p := range ps {
+					how := "attach"
+					if p.Seized {
+						how = "seize"
+					}
+					row(tw, p.PID, p.TID, p.Comm, p.TracerPID, p.TracerTID, p.TracerComm, how, dash(strings.Join(p.Options, ",")))
+				}
+			})
+		},
+	}
+}
