@@ -122,6 +122,9 @@ func newFuzzLayout() *fuzzLayout {
 		mem{"operstate", u8, 47, 0}, mem{"gflags", u16, 48, 0}, mem{"promiscuity", u32, 52, 0}, mem{"state", u64, 56, 0},
 		mem{"dev_addr", ptr(u8), 64, 0}, mem{"ip_ptr", ptr(inDev), 72, 0}, mem{"ip6_ptr", ptr(in6Dev), 80, 0})
 	nsproxy := st("nsproxy", 16, mem{"mnt_ns", ptr(mntns), 0, 0}, mem{"net_ns", ptr(netT), 8, 0})
+	res := st("resource", 56)
+	res.Members = mk([]mem{{"start", u64, 0, 0}, {"end", u64, 8, 0}, {"name", ptr(char), 16, 0}, {"flags", u64, 24, 0},
+		{"parent", ptr(res), 32, 0}, {"sibling", ptr(res), 40, 0}, {"child", ptr(res), 48, 0}})
 	st("rb_node", 24, mem{"__rb_parent_color", u64, 0, 0}, mem{"rb_right", ptr(u64), 8, 0}, mem{"rb_left", ptr(u64), 16, 0})
 
 	task := st("task_struct", 168)
@@ -309,6 +312,7 @@ const (
 	fuzzSockOps   = fuzzData + 0x110 // socket_file_ops
 	fuzzNetNSList = fuzzData + 0x118 // net_namespace_list
 	fuzzRBRoot    = fuzzData + 0x128 // a red-black tree's top node
+	fuzzIomem     = fuzzData + 0x130 // iomem_resource
 	fuzzObject    = fuzzData + 0x200 // a task_struct for the typed-value checks
 )
 
@@ -336,6 +340,7 @@ func fuzzKernel(t testing.TB, types Types, data []byte) *Kernel {
 		{Addr: fuzzPrb, Name: "prb", Type: 'D'},
 		{Addr: fuzzSockOps, Name: "socket_file_ops", Type: 'R'},
 		{Addr: fuzzNetNSList, Name: "net_namespace_list", Type: 'D'},
+		{Addr: fuzzIomem, Name: "iomem_resource", Type: 'D'},
 	})
 	return &Kernel{Mem: mem, AS: as, Loc: Location{Levels: 4}, Syms: syms, Types: types, log: slog.New(slog.DiscardHandler)}
 }
@@ -411,7 +416,7 @@ func badTaskLayout() []byte {
 func fuzzTaskMemory() []byte {
 	// small, so that the fuzzer's minimizer has little to cut; the rest of
 	// the mapped window reads as zeros
-	m := make([]byte, 0x980)
+	m := make([]byte, 0x9d0)
 	le := binary.LittleEndian
 	// two tasks on the task list, each with its cred and struct pid
 	task := func(at, other uint64, pid int32, comm string, pidStruct uint64) {
@@ -500,6 +505,13 @@ func fuzzTaskMemory() []byte {
 	le.PutUint32(m[0x950+20:], 0x10)              // IFA_HOST
 	le.PutUint64(m[0x950+24:], fuzzData+0x910)    // if_list
 	le.PutUint64(m[0x950+32:], fuzzData+0x910)    //
+	// iomem_resource with one child, "System RAM"
+	le.PutUint64(m[0x130+8:], ^uint64(0))      // end
+	le.PutUint64(m[0x130+48:], fuzzData+0x980) // child
+	le.PutUint64(m[0x980+8:], 0xfffff)         // its end
+	le.PutUint64(m[0x980+16:], fuzzData+0x9c0) // name
+	le.PutUint64(m[0x980+32:], fuzzIomem)      // parent
+	copy(m[0x9c0:], "System RAM")
 	return m
 }
 
@@ -568,6 +580,9 @@ func TestScanTasksBadLayout(t *testing.T) {
 	if ns, err := k.Interfaces(); err != nil || len(ns) != 1 || len(ns[0].Interfaces) != 1 || len(ns[0].PIDs) != 1 ||
 		fmt.Sprint(ns[0].Interfaces[0].Flags, ns[0].Interfaces[0].Addrs) != "[LOOPBACK UP LOWER_UP] [{inet 127.0.0.1 8 host lo} {inet6 ::1 128 host }]" {
 		t.Errorf("Interfaces on the base layout: %+v %v", ns, err)
+	}
+	if rs, err := k.Resources(false); err != nil || len(rs) != 1 || rs[0].Line(8) != "00000000-000fffff : System RAM" {
+		t.Errorf("Resources on the base layout: %+v %v", rs, err)
 	}
 	root, _ := k.Uint64(fuzzMapleRoot)
 	if es, err := k.mapleEntries(root); err != nil || len(es) != 1 || es[0] != fuzzData+0x3000 {
