@@ -11,7 +11,7 @@ FUZZTIME_SET := $(filter command line environment,$(origin FUZZTIME))
 # fuzz targets: package:FuzzName[:fuzztime]. FuzzViews runs every view of
 # a kernel over one input (many times slower per input than a single
 # parser), so it gets fewer inputs to stay within CI's time
-FUZZ := ./guestmem:FuzzParseDump ./linux:FuzzParseKallsyms ./linux:FuzzFindBTF ./linux:FuzzBTFScan ./x86:FuzzTranslate ./guestmem:FuzzParseMtree ./linux:FuzzRingText ./detect:FuzzDiffRegion ./backup:FuzzParsePoint ./linux:FuzzViews:100000x ./linux:FuzzBashHeap
+FUZZ := ./guestmem:FuzzParseDump ./linux:FuzzParseKallsyms ./linux:FuzzFindBTF ./linux:FuzzBTFScan ./x86:FuzzTranslate ./guestmem:FuzzParseMtree ./linux:FuzzRingText ./detect:FuzzDiffRegion ./backup:FuzzParsePoint ./linux:FuzzViews:100000x ./linux:FuzzBashHeap ./linux:FuzzELFIdentity
 
 .PHONY: all build deps test unit fuzz bench demo demo-stop clean
 

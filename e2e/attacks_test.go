@@ -38,6 +38,13 @@ func attackFiles(t testing.TB, k *testvm.Kernel) map[string][]byte {
 	}
 	b, _ := os.ReadFile(ko)
 	files["/opt/vmw_rootkit.ko"] = b
+	ko, err = k.BuildModule("../attacks/hooks", filepath.Join(dir, "hooks"), "vmw_hooks")
+	if err != nil {
+		attackBuild.Store(k.Series, err)
+		t.Fatal(err)
+	}
+	b, _ = os.ReadFile(ko)
+	files["/opt/vmw_hooks.ko"] = b
 	ko, err = k.BuildModule("../attacks/layout", filepath.Join(dir, "layout"), "vmw_layout")
 	if err != nil {
 		attackBuild.Store(k.Series, err)
@@ -467,4 +474,69 @@ func TestYara(t *testing.T) {
 			t.Errorf("process match %v, kernel match %v: %s", proc, kernel, summary(fs))
 		}
 	})
+}
+
+// TestKernelCallbacks loads the hooks module (a netfilter hook and a
+// keyboard notifier) on both kernels.
+func TestKernelCallbacks(t *testing.T) {
+	forEachKernel(t, func(t *testing.T, series string) {
+		callbacksAttack(t, attackGuest(t, series, "lkm"))
+	})
+}
+
+// callbacksAttack: before, kernel-callbacks finds nothing; with vmw_hooks
+// loaded it reports both callbacks, high, each at the address the guest's
+// own /proc/kallsyms gives its function, named by the module's symbol;
+// after rmmod, nothing again.
+func callbacksAttack(t *testing.T, vm *testvm.VM) {
+	expectNone := func(when string) {
+		for _, f := range check(t, vm, "--only", "kernel-callbacks") {
+			t.Errorf("%s: %s finding %s: %s", when, f.Severity, f.ID, f.Explanation)
+		}
+	}
+	expectNone("before the module")
+	out, err := vm.Run("insmod /opt/vmw_hooks.ko && grep -wE 'vmw_hooks_(nf|kbd)' /proc/kallsyms")
+	if err != nil {
+		t.Fatalf("insmod vmw_hooks.ko: %v: %s", err, out)
+	}
+	defer func() {
+		if out, err := vm.Run("rmmod vmw_hooks"); err != nil {
+			t.Errorf("rmmod vmw_hooks: %v: %s", err, out)
+		}
+		expectNone("after rmmod")
+	}()
+	addrs := map[string]uint64{}
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 3 {
+			addrs[f[2]], _ = strconv.ParseUint(f[0], 16, 64)
+		}
+	}
+	if len(addrs) != 2 {
+		t.Fatalf("the guest's kallsyms for vmw_hooks: %q", out)
+	}
+	fs := check(t, vm, "--only", "kernel-callbacks")
+	at := func(fn string) func(detect.Finding) bool {
+		return func(f detect.Finding) bool {
+			if f.Severity != detect.High || len(f.Evidence.Addresses) == 0 || len(f.Evidence.Modules) != 1 || f.Evidence.Modules[0] != "vmw_hooks" {
+				return false
+			}
+			a := f.Evidence.Addresses[0]
+			return uint64(a.Address) == addrs[fn] && a.Symbol == fn+"+0x0 [vmw_hooks]"
+		}
+	}
+	var nf, kbd bool
+	for _, f := range fs {
+		switch {
+		case f.ID == "netfilter-hook" && at("vmw_hooks_nf")(f) && f.Evidence.Details["hook"] == "PRE_ROUTING" && f.Evidence.Details["family"] == "ipv4":
+			nf = true
+		case f.ID == "notifier-hook" && at("vmw_hooks_kbd")(f) && f.Evidence.Details["chain"] == "keyboard" && f.Attack == "T1056.001":
+			kbd = true
+		default:
+			t.Errorf("unexpected finding %s %s: %s", f.Severity, f.ID, f.Explanation)
+		}
+	}
+	if !nf || !kbd {
+		t.Errorf("netfilter hook found: %v, keyboard notifier found: %v; kallsyms %x; findings: %s", nf, kbd, addrs, summary(fs))
+	}
 }

@@ -392,3 +392,86 @@ func BenchmarkSystemGuest(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkViews times the views of issue 10 on the Debian system guest,
+// over every process: warm (in-process, page-table cache dropped before
+// each run) and as whole vmwatch processes.
+func BenchmarkViews(b *testing.B) {
+	vm := systemGuest(b, "default")
+	tg, err := target.Open(context.Background(), "qmp:"+vm.QMPPath, target.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	k, err := linux.Open(tg.Mem, linux.Options{CPUs: tg.CPUs})
+	if err != nil {
+		tg.Close()
+		b.Fatal(err)
+	}
+	perProcess := func(view func(t linux.Value) (int, error)) func() (int, error) {
+		return func() (int, error) {
+			tasks, err := k.ProcessTasks(nil)
+			n := 0
+			for _, t := range tasks {
+				m, _ := view(t)
+				n += m
+			}
+			return n, err
+		}
+	}
+	views := []struct {
+		name, unit string
+		run        func() (int, error)
+	}{
+		{"maps", "mappings", perProcess(func(t linux.Value) (int, error) { m, err := k.Maps(t); return len(m), err })},
+		{"lsof", "fds", perProcess(func(t linux.Value) (int, error) { m, err := k.FDs(t); return len(m), err })},
+		{"envars", "variables", perProcess(func(t linux.Value) (int, error) {
+			mm, err := t.Field("mm")
+			if err != nil {
+				return 0, err
+			}
+			p, _ := mm.Ptr()
+			if p == 0 {
+				return 0, nil
+			}
+			e, err := k.Environ(p)
+			return len(e), err
+		})},
+		{"caps", "processes", perProcess(func(t linux.Value) (int, error) { _, err := k.Caps(t); return 1, err })},
+		{"libraries", "objects", perProcess(func(t linux.Value) (int, error) { m, err := k.Libraries(t); return len(m), err })},
+		{"bash", "bash processes", perProcess(func(t linux.Value) (int, error) {
+			if !k.IsBash(t) {
+				return 0, nil
+			}
+			_, err := k.BashHistory(t)
+			return 1, err
+		})},
+		{"mounts", "namespaces", func() (int, error) { m, err := k.Mounts(nil); return len(m), err }},
+		{"ifaces", "namespaces", func() (int, error) { m, err := k.Interfaces(); return len(m), err }},
+		{"iomem", "resources", func() (int, error) { m, err := k.Resources(false); return len(m), err }},
+		{"ptrace", "traced", func() (int, error) { m, err := k.Ptraces(); return len(m), err }},
+	}
+	for _, v := range views {
+		b.Run("warm/"+v.name, func(b *testing.B) {
+			n := 0
+			for i := 0; i < b.N; i++ {
+				k.Flush()
+				var err error
+				if n, err = v.run(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(n), v.unit)
+		})
+	}
+	tg.Close()
+	tgt := "qmp:" + vm.QMPPath
+	for _, v := range views {
+		b.Run("command/"+v.name, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				if out, err := exec.Command(vmwatchBin, v.name, "-t", tgt).CombinedOutput(); err != nil {
+					b.Fatalf("vmwatch %s: %v: %s", v.name, err, out)
+				}
+			}
+		})
+	}
+}

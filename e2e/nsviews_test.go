@@ -472,9 +472,11 @@ const bashSleeper = "sleep 1000050"
 // checkBash starts, once per guest, an interactive bash reading commands
 // from a FIFO (one of them a multi-line loop, one unsetting HISTFILE),
 // asks it for its own history with timestamps, and compares vmwatch's
-// list for that bash with it, entry for entry.
+// list for that bash with it, entry for entry. The bash runs in a session
+// of its own: an interactive bash takes the foreground of its controlling
+// terminal, here the serial console, whose shell's reads then fail (EIO).
 func checkBash(t *testing.T, vm *testvm.VM, tg string) {
-	script := `f=/tmp/vmw-bash.fifo; [ -e $f ] || { mkfifo $f && ( bash -i <$f >/tmp/vmw-bash.out 2>&1 & ) && ` +
+	script := `f=/tmp/vmw-bash.fifo; [ -e $f ] || { mkfifo $f && ( setsid bash -i <$f >/tmp/vmw-bash.out 2>&1 & ) && ` +
 		`( ` + bashSleeper + ` >$f & ) && printf 'echo planted one\nid -u\nfor i in 1 2; do\n echo $i\ndone\nunset HISTFILE\n' >$f; sleep 2; }; ` +
 		`rm -f /tmp/vmw-hist; echo 'HISTTIMEFORMAT="%s " history > /tmp/vmw-hist.new; mv /tmp/vmw-hist.new /tmp/vmw-hist' >$f; ` +
 		`for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /tmp/vmw-hist ] && break; sleep 1; done; pgrep -x bash; echo ---; cat /tmp/vmw-hist`

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -465,4 +466,94 @@ func checkPtrace(t *testing.T, vm *testvm.VM, tg string) {
 		t.Errorf("check --only ptrace did not report %d tracing %d", tracer, tracee)
 	}
 	t.Logf("%d traced threads equal to the guest's TracerPid; the tracer reported", len(got))
+}
+
+// checkLibraries compares libraries with what a Python script in the guest
+// (testdata/elf_build_ids.py) reads from the files on disk: for every
+// process, each ELF file mapped from offset 0, the address of that mapping
+// and the build id in the file's notes.
+func checkLibraries(t *testing.T, vm *testvm.VM, tg string) {
+	script, err := os.ReadFile("testdata/elf_build_ids.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vm.Run("echo " + base64.StdEncoding.EncodeToString(script) + " | base64 -d > /tmp/vmw-elf.py"); err != nil {
+		t.Fatal(err)
+	}
+	var ours []struct {
+		PID       int64 `json:"pid"`
+		Libraries []struct {
+			Path    string `json:"path"`
+			Base    string `json:"base"`
+			BuildID string `json:"build_id"`
+			Main    bool   `json:"main"`
+			Errors  []string
+		} `json:"libraries"`
+	}
+	vmwatchJSON(t, &ours, "libraries", "-t", tg)
+	var pids []string
+	got := map[string]bool{}
+	mains, vdsos := 0, 0
+	for _, p := range ours {
+		pids = append(pids, strconv.FormatInt(p.PID, 10))
+		for _, l := range p.Libraries {
+			base, _ := strconv.ParseUint(strings.TrimPrefix(l.Base, "0x"), 16, 64)
+			id := l.BuildID
+			if id == "" {
+				id = "-"
+			}
+			switch {
+			case l.Path == "[vdso]":
+				if l.BuildID != "" {
+					vdsos++
+				}
+			case strings.HasSuffix(l.Path, " (deleted)"):
+			default:
+				got[fmt.Sprintf("%d %d %s %s", p.PID, base, id, l.Path)] = true
+			}
+			if l.Main {
+				mains++
+			}
+		}
+	}
+	out, err := vm.RunTimeout("python3 /tmp/vmw-elf.py "+strings.Join(pids, " "), 2*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{}
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		want[l] = true
+	}
+	// a process that ended between the two reads is in one of them only
+	for _, p := range ours {
+		prefix := strconv.FormatInt(p.PID, 10) + " "
+		inGuest := false
+		for w := range want {
+			if strings.HasPrefix(w, prefix) {
+				inGuest = true
+				break
+			}
+		}
+		if !inGuest {
+			maps.DeleteFunc(got, func(k string, _ bool) bool { return strings.HasPrefix(k, prefix) })
+		}
+	}
+	if !maps.Equal(got, want) {
+		var missing, extra []string
+		for w := range want {
+			if !got[w] {
+				missing = append(missing, w)
+			}
+		}
+		for g := range got {
+			if !want[g] {
+				extra = append(extra, g)
+			}
+		}
+		t.Errorf("libraries differ from the files' own build ids:\nonly in the guest: %q\nonly in vmwatch: %q", missing, extra)
+	}
+	if len(want) < 50 || mains < len(pids)/2 || vdsos < len(pids)/2 {
+		t.Errorf("%d objects compared, %d programs marked, %d vDSOs with a build id, of %d processes", len(want), mains, vdsos, len(pids))
+	}
+	t.Logf("%d processes, %d ELF objects with base and build id equal to the files'; %d vDSOs", len(pids), len(want), vdsos)
 }

@@ -124,6 +124,7 @@ func TestSystemGuest(t *testing.T) {
 			t.Run("bash", func(t *testing.T) { checkBash(t, vm, tg) })
 			t.Run("iomem", func(t *testing.T) { checkIomem(t, vm, tg) })
 			t.Run("ptrace", func(t *testing.T) { checkPtrace(t, vm, tg) })
+			t.Run("libraries", func(t *testing.T) { checkLibraries(t, vm, tg) })
 			t.Run("namespaces", func(t *testing.T) { checkNamespaces(t, vm, tg) })
 			t.Run("yara", func(t *testing.T) { checkYaraHeap(t, vm) })
 			t.Run("clean and busy", func(t *testing.T) { checkBusyClean(t, vm, 20) })
@@ -132,6 +133,7 @@ func TestSystemGuest(t *testing.T) {
 			t.Run("attacks on memory", func(t *testing.T) { memoryAttacks(t, vm, v.series, "sleep 1000002", "sleep 1000001", false) })
 			t.Run("attacks in userland", func(t *testing.T) { systemUserlandAttacks(t, vm) })
 			t.Run("rootkit", func(t *testing.T) { rootkitAttack(t, vm) })
+			t.Run("callbacks", func(t *testing.T) { callbacksAttack(t, vm) })
 		})
 	}
 }

@@ -1,6 +1,7 @@
 package linux
 
 import (
+	"encoding/binary"
 	"fmt"
 	"strings"
 )
@@ -18,8 +19,22 @@ type Module struct {
 	// that ask whether an address lies inside a known module).
 	TextSize uint64      `json:"text_size"`
 	Ranges   []AddrRange `json:"memory,omitempty"` // every region of the module's memory
-	Errors   []string    `json:"errors,omitempty"`
+	// Taints are the module's taint flags (mod->taints): bit 12 an
+	// out-of-tree module (O), 13 an unsigned one (E), 0 proprietary (P).
+	Taints uint64   `json:"taints,omitempty"`
+	Errors []string `json:"errors,omitempty"`
 }
+
+// module taint bits (include/linux/panic.h)
+const (
+	TaintProprietary = 1 << 0
+	TaintOutOfTree   = 1 << 12
+	TaintUnsigned    = 1 << 13
+)
+
+// OutOfTree reports a module built outside the kernel's tree (or not
+// signed by the kernel's key): not shipped with the kernel.
+func (m Module) OutOfTree() bool { return m.Taints&(TaintOutOfTree|TaintUnsigned) != 0 }
 
 // AddrRange is a half-open range of kernel virtual addresses.
 type AddrRange struct {
@@ -121,6 +136,9 @@ func (k *Kernel) module(v Value) Module {
 		// module_refcount(): atomic_read(&mod->refcnt) - MODULE_REF_BASE (1)
 		m.Refcount = f.int("refcnt") - 1
 	}
+	if v.Type.HasField("taints") {
+		m.Taints = f.uint("taints")
+	}
 	m.UsedBy = k.moduleUsers(v, f)
 	m.Errors = f.errs
 	return m
@@ -174,4 +192,55 @@ func FormatUsedBy(users []string) string {
 		return "-"
 	}
 	return strings.Join(users, ",") + ","
+}
+
+// maxModSyms bounds a module's symbol table.
+const maxModSyms = 1 << 18
+
+// ModuleSymbol names the function of a module that holds addr, from the
+// module's own symbol table (mod->kallsyms: the Elf64_Sym entries and
+// their string table the kernel keeps for /proc/kallsyms): "name+0xOFF".
+func (k *Kernel) ModuleSymbol(m Module, addr uint64) (string, error) {
+	ks, err := k.ReadField("module", uint64(m.Addr), "kallsyms")
+	if err != nil {
+		return "", err
+	}
+	kp, _ := ks.Ptr()
+	if kp == 0 {
+		return "", fmt.Errorf("module %s keeps no symbols", m.Name)
+	}
+	v, err := k.Object("mod_kallsyms", kp)
+	if err != nil {
+		return "", err
+	}
+	f := &fields{v: v}
+	symtab, n, strtab := f.ptr("symtab"), f.uint("num_symtab"), f.ptr("strtab")
+	if len(f.errs) > 0 {
+		return "", fmt.Errorf("module %s symbols: %s", m.Name, strings.Join(f.errs, "; "))
+	}
+	if n > maxModSyms || symtab == 0 || strtab == 0 {
+		return "", fmt.Errorf("module %s: symbol table of %d entries at %#x", m.Name, n, symtab)
+	}
+	const symSize = 24 // Elf64_Sym
+	buf := make([]byte, n*symSize)
+	if _, err := k.AS.ReadAt(buf, int64(symtab)); err != nil {
+		return "", fmt.Errorf("module %s symbol table: %w", m.Name, err)
+	}
+	best, bestVal := -1, uint64(0)
+	for i := uint64(0); i < n; i++ {
+		s := buf[i*symSize:]
+		val := binary.LittleEndian.Uint64(s[8:])
+		if s[4]&0xf != 2 || val > addr || val < bestVal { // STT_FUNC only
+			continue
+		}
+		best, bestVal = int(i), val
+	}
+	if best < 0 {
+		return "", fmt.Errorf("no function of module %s at or below %#x", m.Name, addr)
+	}
+	name, err := k.ReadCString(strtab+uint64(binary.LittleEndian.Uint32(buf[best*symSize:])), 128)
+	if err != nil || name == "" {
+		return "", fmt.Errorf("module %s symbol name: %v", m.Name, err)
+	}
+	return fmt.Sprintf("%s+%#x", name, addr-bestVal), nil
 }

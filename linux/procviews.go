@@ -34,6 +34,8 @@ type Mapping struct {
 	Path    string   `json:"path,omitempty"`
 	Deleted bool     `json:"deleted,omitempty"`
 	Errors  []string `json:"errors,omitempty"`
+	// File is the mapped struct file (0 for anonymous memory).
+	File Addr `json:"-"`
 }
 
 // VM_MAYSHARE (include/linux/mm.h): a shared mapping, "s" in /proc's perms.
@@ -109,6 +111,7 @@ func (k *Kernel) Maps(task Value) ([]Mapping, error) {
 			}
 		}
 		if v.FileAddr != 0 {
+			m.File = v.FileAddr
 			m.Offset = vf.uint("vm_pgoff") << 12
 			fi, err := k.FileInfo(uint64(v.FileAddr))
 			note(err)

@@ -387,6 +387,8 @@ func driveViews(k *Kernel) {
 	k.Interfaces()
 	k.Ptraces()
 	k.Resources(false)
+	k.NetfilterHooks()
+	k.Notifiers()
 	if top, err := k.Uint64(fuzzRBRoot); err == nil {
 		k.rbInOrder(top, 1000)
 	}
@@ -395,6 +397,8 @@ func driveViews(k *Kernel) {
 			k.Maps(t)
 			k.FDs(t)
 			k.Caps(t)
+			k.Libraries(t)
+			k.BashHistory(t)
 		}
 	}
 }

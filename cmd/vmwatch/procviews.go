@@ -334,3 +334,52 @@ by time.`,
 		},
 	}
 }
+
+type librariesOut struct {
+	PID       int64           `json:"pid"`
+	Comm      string          `json:"comm"`
+	Libraries []linux.Library `json:"libraries"`
+	Errors    []string        `json:"errors,omitempty"`
+}
+
+func newLibrariesCmd(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "libraries [PID]...",
+		Short: "List the ELF objects mapped into processes, with their build ids",
+		Long: `Lists the ELF objects mapped into the processes given (all user processes when
+none is): the program, the dynamic loader, each shared library and the vDSO,
+with the address its first byte is mapped at, its ELF type and its GNU build
+id (read from its notes in the process's memory: the build id names the exact
+build, to match with a package or a debug file). A library loaded from memory
+or from a deleted file shows its /memfd: or " (deleted)" path.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ps, err := readPerProcess(cmd, g, args, "process list", func(k *linux.Kernel, t linux.Value) ([]linux.Library, error) {
+				return k.Libraries(t)
+			})
+			if err != nil {
+				return err
+			}
+			var out []librariesOut
+			for _, p := range ps {
+				if len(p.Items) == 0 && len(p.Errors) == 0 && len(args) == 0 {
+					continue // a kernel thread
+				}
+				out = append(out, librariesOut{p.PID, p.Comm, p.Items, p.Errors})
+			}
+			return emit(os.Stdout, g.output, out, func(tw *tabwriter.Writer) {
+				row(tw, "PID", "COMM", "BASE", "TYPE", "BUILD_ID", "PATH")
+				for _, p := range out {
+					for _, e := range p.Errors {
+						linef(os.Stderr, "vmwatch: warning: pid %d: %s", p.PID, e)
+					}
+					for _, l := range p.Libraries {
+						for _, e := range l.Errors {
+							linef(os.Stderr, "vmwatch: warning: pid %d %s: %s", p.PID, l.Path, e)
+						}
+						row(tw, p.PID, p.Comm, l.Base, l.Type, dash(l.BuildID), l.Path)
+					}
+				}
+			})
+		},
+	}
+}
