@@ -40,7 +40,8 @@ func (o owner) evidence(role string, a uint64) AddrEvidence {
 	return e
 }
 
-// kernelCallbacks reports netfilter hooks and notifier callbacks whose
+// kernelCallbacks reports netfilter hooks, notifier callbacks and terminal
+// operations (tty drivers, ttys, line disciplines) whose
 // code is outside the kernel and every listed module (critical: a hidden
 // module or injected code) or in a module built outside the kernel's tree
 // (high: the kernel's own netfilter and input code is in-tree).
@@ -89,5 +90,25 @@ func kernelCallbacks(s *Snapshot) ([]Finding, error) {
 		out = append(out, s.finding("notifier-hook", fmt.Sprintf("Out-of-tree module %s is on the %s notifier chain", o.mod.Name, n.Chain), High, attack, key,
 			fmt.Sprintf("Module %s, built outside the kernel's tree (taint %#x), registered %s on the %s notifier chain. %s", o.mod.Name, o.mod.Taints, describe(ev.Addresses[0]), n.Chain, why), ev))
 	}
-	return out, errors.Join(hookErr, notErr)
+	ttys, ttyErr := s.K.TTYOps()
+	for _, p := range ttys {
+		o := s.owner(uint64(p.Func))
+		if o.where == "kernel" || o.where == "module" && !o.mod.OutOfTree() {
+			continue
+		}
+		ev := Evidence{Addresses: []AddrEvidence{o.evidence("function", uint64(p.Func)), {Role: p.Struct, Address: p.Table}},
+			Details: map[string]any{"object": p.Object, "struct": p.Struct, "member": p.Member}}
+		ev.Found = describe(ev.Addresses[0])
+		key := fmt.Sprintf("%s/%s/%#x", p.Object, p.Member, uint64(p.Func))
+		what := fmt.Sprintf("%s of %s (%s)", p.Member, p.Object, p.Struct)
+		if o.where == "unknown" {
+			out = append(out, s.finding("tty-hook", "A terminal operation runs code of no known module: "+what, Critical, "T1056.001", key,
+				fmt.Sprintf("The %s calls %v, code that belongs to no module in the module list (a hidden module, or injected code). Whoever owns a terminal's operations sees everything typed and printed on it: passwords included.", what, p.Func), ev))
+			continue
+		}
+		ev.Modules = []string{o.mod.Name}
+		out = append(out, s.finding("tty-hook", fmt.Sprintf("Out-of-tree module %s replaced a terminal operation: %s", o.mod.Name, what), High, "T1056.001", key,
+			fmt.Sprintf("Module %s, built outside the kernel's tree (taint %#x), owns the %s: it calls %s. Whoever owns a terminal's operations sees everything typed and printed on it: passwords included. Tty sniffers swap these tables.", o.mod.Name, o.mod.Taints, what, describe(ev.Addresses[0])), ev))
+	}
+	return out, errors.Join(hookErr, notErr, ttyErr)
 }

@@ -54,18 +54,23 @@ func runYara(s *Snapshot) ([]Finding, error) {
 		out = append(out, s.finding("yara", title, sev, "T1027", key,
 			fmt.Sprintf("Signature %s matched %s at %v.", m.Rule, where, linux.Addr(addr)), ev))
 	}
-	// the kernel image, physically contiguous, and the modules
-	p, ok := s.K.Loc.ImagePhys(s.K.Loc.TextStart)
-	if ok {
-		size := s.K.Loc.ImageEnd - s.K.Loc.TextStart
-		buf := make([]byte, size)
+	// the kernel image, physically contiguous, and the modules. The image
+	// is _text to _end less the init sections: those, and the rest of the
+	// image's last 2 MiB page, are freed after boot and hold any page
+	// since (a process's heap among them)
+	for _, r := range kernelImageRanges(s.K) {
+		p, ok := s.K.Loc.ImagePhys(r.start)
+		if !ok || r.end <= r.start {
+			continue
+		}
+		buf := make([]byte, r.end-r.start)
 		n, _ := s.K.Mem.ReadAt(buf, int64(p))
 		ms, err := sc.Scan(buf[:n])
 		if err != nil {
 			errs = append(errs, err)
 		}
 		for _, m := range ms {
-			report(m, "the kernel image", 0, "", s.K.Loc.TextStart+m.Offset)
+			report(m, "the kernel image", 0, "", r.start+m.Offset)
 		}
 	}
 	mods, _ := s.Modules()
@@ -134,4 +139,25 @@ func readPresent(um *linux.UserMemory, b []byte, a uint64) int {
 		}
 	}
 	return got
+}
+
+type vaRange struct{ start, end uint64 }
+
+// kernelImageRanges is the kernel image that stays the kernel's after
+// boot: [_text, _end) without [__init_begin, __init_end), each bound
+// where the symbols are known and inside the image's mapping.
+func kernelImageRanges(k *linux.Kernel) []vaRange {
+	loc := k.Loc
+	sym := func(name string, def uint64) uint64 {
+		if a, ok := k.Syms.Lookup(name); ok && a >= loc.TextStart && a <= loc.ImageEnd {
+			return a
+		}
+		return def
+	}
+	end := sym("_end", loc.ImageEnd)
+	ib, ie := sym("__init_begin", 0), sym("__init_end", 0)
+	if ib == 0 || ie <= ib || ie > end {
+		return []vaRange{{loc.TextStart, end}}
+	}
+	return []vaRange{{loc.TextStart, ib}, {ie, end}}
 }

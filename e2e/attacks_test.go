@@ -476,8 +476,8 @@ func TestYara(t *testing.T) {
 	})
 }
 
-// TestKernelCallbacks loads the hooks module (a netfilter hook and a
-// keyboard notifier) on both kernels.
+// TestKernelCallbacks loads the hooks module (a netfilter hook, a keyboard
+// notifier and a sniffer of the serial console's tty) on both kernels.
 func TestKernelCallbacks(t *testing.T) {
 	forEachKernel(t, func(t *testing.T, series string) {
 		callbacksAttack(t, attackGuest(t, series, "lkm"))
@@ -485,7 +485,7 @@ func TestKernelCallbacks(t *testing.T) {
 }
 
 // callbacksAttack: before, kernel-callbacks finds nothing; with vmw_hooks
-// loaded it reports both callbacks, high, each at the address the guest's
+// loaded it reports the four callbacks, high, each at the address the guest's
 // own /proc/kallsyms gives its function, named by the module's symbol;
 // after rmmod, nothing again.
 func callbacksAttack(t *testing.T, vm *testvm.VM) {
@@ -495,7 +495,7 @@ func callbacksAttack(t *testing.T, vm *testvm.VM) {
 		}
 	}
 	expectNone("before the module")
-	out, err := vm.Run("insmod /opt/vmw_hooks.ko && grep -wE 'vmw_hooks_(nf|kbd)' /proc/kallsyms")
+	out, err := vm.Run("insmod /opt/vmw_hooks.ko tty=1 && grep -wE 'vmw_hooks_(nf|kbd|tty_write|receive_buf)' /proc/kallsyms")
 	if err != nil {
 		t.Fatalf("insmod vmw_hooks.ko: %v: %s", err, out)
 	}
@@ -512,8 +512,14 @@ func callbacksAttack(t *testing.T, vm *testvm.VM) {
 			addrs[f[2]], _ = strconv.ParseUint(f[0], 16, 64)
 		}
 	}
-	if len(addrs) != 2 {
+	if len(addrs) != 4 {
 		t.Fatalf("the guest's kallsyms for vmw_hooks: %q", out)
+	}
+	// the module's memory, extracted, holds the message its source logs
+	ko := filepath.Join(t.TempDir(), "vmw_hooks.mem")
+	vmwatch(t, "extract", "module", "vmw_hooks", "-t", "qmp:"+vm.QMPPath, "--to", ko)
+	if b, err := os.ReadFile(ko); err != nil || !strings.Contains(string(b), "vmw_hooks: magic packet") {
+		t.Errorf("extract module vmw_hooks: %d bytes without the module's own string (%v)", len(b), err)
 	}
 	fs := check(t, vm, "--only", "kernel-callbacks")
 	at := func(fn string) func(detect.Finding) bool {
@@ -525,18 +531,22 @@ func callbacksAttack(t *testing.T, vm *testvm.VM) {
 			return uint64(a.Address) == addrs[fn] && a.Symbol == fn+"+0x0 [vmw_hooks]"
 		}
 	}
-	var nf, kbd bool
+	var nf, kbd, ttyW, ttyR bool
 	for _, f := range fs {
 		switch {
 		case f.ID == "netfilter-hook" && at("vmw_hooks_nf")(f) && f.Evidence.Details["hook"] == "PRE_ROUTING" && f.Evidence.Details["family"] == "ipv4":
 			nf = true
 		case f.ID == "notifier-hook" && at("vmw_hooks_kbd")(f) && f.Evidence.Details["chain"] == "keyboard" && f.Attack == "T1056.001":
 			kbd = true
+		case f.ID == "tty-hook" && at("vmw_hooks_tty_write")(f) && f.Evidence.Details["member"] == "write" && strings.HasPrefix(fmt.Sprint(f.Evidence.Details["object"]), "tty "):
+			ttyW = true
+		case f.ID == "tty-hook" && at("vmw_hooks_receive_buf")(f) && f.Evidence.Details["member"] == "receive_buf" && strings.HasPrefix(fmt.Sprint(f.Evidence.Details["object"]), "line discipline of "):
+			ttyR = true
 		default:
 			t.Errorf("unexpected finding %s %s: %s", f.Severity, f.ID, f.Explanation)
 		}
 	}
-	if !nf || !kbd {
-		t.Errorf("netfilter hook found: %v, keyboard notifier found: %v; kallsyms %x; findings: %s", nf, kbd, addrs, summary(fs))
+	if !nf || !kbd || !ttyW || !ttyR {
+		t.Errorf("found: netfilter hook %v, keyboard notifier %v, tty write %v, line discipline receive_buf %v; kallsyms %x; findings: %s", nf, kbd, ttyW, ttyR, addrs, summary(fs))
 	}
 }

@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"maps"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -31,6 +34,7 @@ func TestProcViews(t *testing.T) {
 		t.Run("lsof", func(t *testing.T) { checkLsof(t, vm, tg) })
 		t.Run("envars", func(t *testing.T) { checkEnvars(t, vm, tg) })
 		t.Run("caps", func(t *testing.T) { checkCaps(t, vm, tg, false) })
+		t.Run("extract", func(t *testing.T) { checkExtract(t, vm, tg) })
 	})
 }
 
@@ -556,4 +560,51 @@ func checkLibraries(t *testing.T, vm *testvm.VM, tg string) {
 		t.Errorf("%d objects compared, %d programs marked, %d vDSOs with a build id, of %d processes", len(want), mains, vdsos, len(pids))
 	}
 	t.Logf("%d processes, %d ELF objects with base and build id equal to the files'; %d vDSOs", len(pids), len(want), vdsos)
+}
+
+// checkExtract runs a copy of sleep that is deleted once it runs, and
+// extracts it through --exe: the SHA-256 must equal what sha256sum gave
+// for the file before it was deleted. A file open in fdSleeper is
+// extracted by path, against the guest's sha256sum.
+func checkExtract(t *testing.T, vm *testvm.VM, tg string) {
+	plantFDs(t, vm)
+	out, err := vm.Run(`d=/tmp/vmw-x; [ -e /tmp/vmw-x.pid ] || { mkdir -p $d && cp -L $(which sleep) $d/sleep && ` +
+		`sha256sum $d/sleep > /tmp/vmw-x.sum && ( $d/sleep 1000080 </dev/null >/dev/null 2>&1 & echo $! > /tmp/vmw-x.pid ) && sleep 1 && rm -rf $d; }; ` +
+		`cat /tmp/vmw-x.pid /tmp/vmw-x.sum; sha256sum /tmp/vmw-read`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(out)
+	if len(f) != 5 {
+		t.Fatalf("planting the deleted program: %q", out)
+	}
+	pid, want, wantRead := f[0], f[1], f[3]
+	type result struct {
+		Path     string `json:"path"`
+		Size     int64  `json:"size"`
+		Complete bool   `json:"complete"`
+		SHA256   string `json:"sha256"`
+	}
+	dir := t.TempDir()
+	for _, c := range []struct {
+		args      []string
+		sum, path string
+	}{
+		{[]string{"--exe", pid}, want, "/tmp/vmw-x/sleep (deleted)"},
+		{[]string{"/tmp/vmw-read"}, wantRead, "/tmp/vmw-read"},
+	} {
+		outFile := filepath.Join(dir, "out")
+		var r result
+		vmwatchJSON(t, &r, append([]string{"extract", "file", "-t", tg, "--to", outFile}, c.args...)...)
+		b, err := os.ReadFile(outFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		host := sha256.Sum256(b)
+		if r.SHA256 != c.sum || hex.EncodeToString(host[:]) != c.sum || !r.Complete || r.Path != c.path || int64(len(b)) != r.Size {
+			t.Errorf("extract file %v: %+v, %d bytes written (sha256 %x); the guest's sha256sum %s, path %s", c.args, r, len(b), host, c.sum, c.path)
+			continue
+		}
+		t.Logf("extract file %v: %s, %d bytes, sha256 equal to the guest's sha256sum", c.args, r.Path, r.Size)
+	}
 }

@@ -304,12 +304,20 @@ alarms:
 		t.Errorf("the overview does not show the VM as critical:\n%.2000s", overview)
 	}
 	t.Logf("screenshots in %s", artifactDir(t))
-	var ev []journal.Record
-	waitFor(t, 60*time.Second, "evidence in the journal", func() bool {
+	// the victim's evidence (the libvirt domain's may be journaled first)
+	var victimEv journal.Record
+	waitFor(t, 60*time.Second, "the victim's evidence in the journal", func() bool {
+		var ev []journal.Record
 		d.get(t, "/api/journal?kind=evidence", &ev)
-		return len(ev) > 0
+		for _, r := range ev {
+			if r.VM == "victim" {
+				victimEv = r
+				return true
+			}
+		}
+		return false
 	})
-	checkEvidence(t, ev[0], pid)
+	checkEvidence(t, victimEv, pid)
 	// secrets stay out of the journal
 	var recs []journal.Record
 	d.get(t, "/api/journal?limit=1000", &recs)

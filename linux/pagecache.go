@@ -2,7 +2,9 @@ package linux
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
 )
 
 // The page cache: the pages of a file the kernel holds in memory, in the
@@ -138,4 +140,135 @@ func (k *Kernel) readFilePage(file, off uint64, b []byte) error {
 	}
 	_, err = k.Mem.ReadAt(b, int64(phys+off%4096))
 	return err
+}
+
+// CachedFile is what ReadCachedFile wrote.
+type CachedFile struct {
+	Path  string `json:"path"`
+	Size  int64  `json:"size"`
+	Pages int64  `json:"pages"`
+	// Cached pages came from the page cache; the others (Missing, the first
+	// of them listed) were never read into memory or were evicted, and are
+	// written as zeros.
+	Cached   int64   `json:"cached"`
+	Missing  []int64 `json:"missing,omitempty"`
+	Complete bool    `json:"complete"`
+}
+
+const maxMissingListed = 64
+
+// ReadCachedFile writes a file's contents from the page cache (the file a
+// struct file refers to) to w, up to maxSize bytes (a larger file is an
+// error: it cannot all be in memory).
+func (k *Kernel) ReadCachedFile(file uint64, maxSize int64, w io.Writer) (CachedFile, error) {
+	var out CachedFile
+	fi, err := k.FileInfo(file)
+	if err != nil {
+		return out, err
+	}
+	out.Path = fi.Link
+	iv, err := k.ReadField("file", file, "f_inode")
+	if err != nil {
+		return out, err
+	}
+	inode, _ := iv.Ptr()
+	sv, err := k.ReadField("inode", inode, "i_size")
+	if err != nil {
+		return out, err
+	}
+	out.Size, _ = sv.Int()
+	if out.Size < 0 || out.Size > maxSize {
+		return out, fmt.Errorf("%s: size %d bytes is over the limit of %d (the guest's memory could not hold it all)", out.Path, out.Size, maxSize)
+	}
+	out.Pages = (out.Size + 4095) / 4096
+	page := make([]byte, 4096)
+	for i := int64(0); i < out.Pages; i++ {
+		clear(page)
+		phys, ok, err := k.pageCachePage(file, uint64(i))
+		if err != nil {
+			return out, fmt.Errorf("%s page %d: %w", out.Path, i, err)
+		}
+		if ok {
+			if _, err := k.Mem.ReadAt(page, int64(phys)); err != nil {
+				return out, fmt.Errorf("%s page %d at physical %#x: %w", out.Path, i, phys, err)
+			}
+			out.Cached++
+		} else if len(out.Missing) < maxMissingListed {
+			out.Missing = append(out.Missing, i)
+		}
+		n := min(int64(4096), out.Size-i*4096)
+		if _, err := w.Write(page[:n]); err != nil {
+			return out, err
+		}
+	}
+	out.Complete = out.Cached == out.Pages
+	return out, nil
+}
+
+// FindFile returns a struct file for a path open in, mapped by or run by
+// any process (the first one found), so that its page cache can be read.
+func (k *Kernel) FindFile(path string) (uint64, error) {
+	tasks, err := k.ProcessTasks(nil)
+	if len(tasks) == 0 {
+		return 0, err
+	}
+	for _, t := range tasks {
+		f := &fields{v: t}
+		if mm := f.ptr("mm"); mm != 0 {
+			if ef, err := k.ReadField("mm_struct", mm, "exe_file"); err == nil {
+				if p, _ := ef.Ptr(); p != 0 {
+					if fi, err := k.FileInfo(p); err == nil && (fi.Path == path || fi.Link == path) {
+						return p, nil
+					}
+				}
+			}
+		}
+		if ofs, err := k.Files(t); err == nil {
+			for _, of := range ofs {
+				if fi, err := k.FileInfo(of.File); err == nil && (fi.Path == path || fi.Link == path) {
+					return of.File, nil
+				}
+			}
+		}
+		if maps, err := k.Maps(t); err == nil {
+			for _, m := range maps {
+				if m.File != 0 && m.Path == path {
+					return uint64(m.File), nil
+				}
+			}
+		}
+	}
+	return 0, fmt.Errorf("no process has %s open, mapped or running: only such files are found (give --pid with --fd, or --exe)", path)
+}
+
+// ExeFile is a process's mm->exe_file.
+func (k *Kernel) ExeFile(task Value) (uint64, error) {
+	f := &fields{v: task}
+	mm := f.ptr("mm")
+	if mm == 0 {
+		return 0, errors.New("a kernel thread runs no program")
+	}
+	ef, err := k.ReadField("mm_struct", mm, "exe_file")
+	if err != nil {
+		return 0, err
+	}
+	p, _ := ef.Ptr()
+	if p == 0 {
+		return 0, errors.New("the process has no executable file")
+	}
+	return p, nil
+}
+
+// FDFile is the struct file of a process's descriptor.
+func (k *Kernel) FDFile(task Value, fd int) (uint64, error) {
+	ofs, err := k.Files(task)
+	for _, of := range ofs {
+		if of.FD == fd {
+			return of.File, nil
+		}
+	}
+	if err != nil {
+		return 0, err
+	}
+	return 0, fmt.Errorf("no descriptor %d", fd)
 }

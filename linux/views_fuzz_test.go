@@ -389,6 +389,7 @@ func driveViews(k *Kernel) {
 	k.Resources(false)
 	k.NetfilterHooks()
 	k.Notifiers()
+	k.TTYOps()
 	if top, err := k.Uint64(fuzzRBRoot); err == nil {
 		k.rbInOrder(top, 1000)
 	}

@@ -84,7 +84,7 @@ information (BTF) in guest memory.`,
 	root.AddCommand(
 		newInfoCmd(g), newPsCmd(g), newPstreeCmd(g), newLsmodCmd(g),
 		newSocketsCmd(g), newDmesgCmd(g), newSymbolsCmd(g),
-		newMapsCmd(g), newLsofCmd(g), newEnvarsCmd(g), newCapsCmd(g), newBashCmd(g), newLibrariesCmd(g), newMountsCmd(g), newIfacesCmd(g), newIomemCmd(g), newPtraceCmd(g),
+		newMapsCmd(g), newLsofCmd(g), newEnvarsCmd(g), newCapsCmd(g), newBashCmd(g), newLibrariesCmd(g), newMountsCmd(g), newIfacesCmd(g), newIomemCmd(g), newPtraceCmd(g), newExtractCmd(g),
 		newCheckCmd(g), newBaselineCmd(g), newStatsCmd(g),
 		newServeCmd(g), newJournalCmd(g),
 		newBackupCmd(g), newBackupsCmd(g), newRestoreCmd(g), newVerifyCmd(g), newPruneCmd(g),
