@@ -438,7 +438,7 @@ func BenchmarkViews(b *testing.B) {
 		})},
 		{"caps", "processes", perProcess(func(t linux.Value) (int, error) { _, err := k.Caps(t); return 1, err })},
 		{"libraries", "objects", perProcess(func(t linux.Value) (int, error) { m, err := k.Libraries(t); return len(m), err })},
-		{"bash", "bash processes", perProcess(func(t linux.Value) (int, error) {
+		{"bash", "bash-processes", perProcess(func(t linux.Value) (int, error) {
 			if !k.IsBash(t) {
 				return 0, nil
 			}
