@@ -36,8 +36,11 @@ type HistoryEntry struct {
 
 // limits of the heap search
 const (
-	maxBashHeap = 256 << 20
+	maxBashHeap = 64 << 20
 	maxHistLine = 64 << 10
+	// maxHistEntries bounds the entries kept (bash's HISTSIZE is 500 by
+	// default, Debian's .bashrc sets 1000)
+	maxHistEntries = 1 << 16
 	// timestamps between 2001-09-09 (10 digits) and 2286
 	tsDigits = 10
 )
@@ -132,7 +135,8 @@ func BashHistoryIn(heap []byte, base uint64) []HistoryEntry {
 	// string on the heap
 	var entries []HistoryEntry
 	at := map[uint64]int{}
-	for i := int((16 - base%16) % 16); i+24 <= len(heap); i += 16 {
+	lines := map[uint64]string{} // each line read once, however many entries share it
+	for i := int((16 - base%16) % 16); i+24 <= len(heap) && len(entries) < maxHistEntries; i += 16 {
 		t, ok := stamps[le.Uint64(heap[i+8:])]
 		if !ok {
 			continue
@@ -141,13 +145,19 @@ func BashHistoryIn(heap []byte, base uint64) []HistoryEntry {
 		if !inHeap(line) || line%16 != 0 {
 			continue
 		}
-		s := heap[line-base:]
-		n := bytes.IndexByte(s[:min(len(s), maxHistLine)], 0)
-		if n <= 0 {
+		cmd, ok := lines[line]
+		if !ok {
+			s := heap[line-base:]
+			if n := bytes.IndexByte(s[:min(len(s), maxHistLine)], 0); n > 0 {
+				cmd = string(s[:n])
+			}
+			lines[line] = cmd
+		}
+		if cmd == "" {
 			continue
 		}
 		at[base+uint64(i)] = len(entries)
-		entries = append(entries, HistoryEntry{Index: -1, Time: t, Command: string(s[:n]), Addr: Addr(base + uint64(i))})
+		entries = append(entries, HistoryEntry{Index: -1, Time: t, Command: cmd, Addr: Addr(base + uint64(i))})
 	}
 	if len(entries) == 0 {
 		return nil

@@ -168,13 +168,16 @@ func (k *Kernel) netMembers() map[uint64][]int64 {
 
 type ifReader struct {
 	k *Kernel
+	// address lists already read: a forged guest can point every device
+	// at one long list
+	seen map[uint64]bool
 	// bits of dev->state (enum netdev_state_t) and the oper states that
 	// count as up, from BTF
 	stStart, stNoCarrier, stDormant uint
 }
 
 func (k *Kernel) newIfReader() *ifReader {
-	r := &ifReader{k: k, stStart: 0, stNoCarrier: 2, stDormant: 4}
+	r := &ifReader{k: k, stStart: 0, stNoCarrier: 2, stDormant: 4, seen: map[uint64]bool{}}
 	for name, p := range map[string]*uint{"__LINK_STATE_START": &r.stStart, "__LINK_STATE_NOCARRIER": &r.stNoCarrier, "__LINK_STATE_DORMANT": &r.stDormant} {
 		if v, err := k.Types.EnumConstant(name); err == nil && v >= 0 && v < 64 {
 			*p = uint(v)
@@ -237,7 +240,7 @@ func (r *ifReader) device(devT *Type, a uint64) Interface {
 	hw := f.ptr("dev_addr")
 	ip4, ip6 := f.ptr("ip_ptr"), f.ptr("ip6_ptr")
 	d.Errors = append(d.Errors, f.errs...)
-	if int(oper) < len(operStates) {
+	if oper < uint64(len(operStates)) {
 		d.OperState = operStates[oper]
 	} else {
 		d.OperState = strconv.FormatUint(oper, 10)
@@ -259,6 +262,17 @@ func (r *ifReader) device(devT *Type, a uint64) Interface {
 		}
 	}
 	d.Flags = ipFlags(d.RawFlags, gflags, state, oper, r)
+	for _, p := range []*uint64{&ip4, &ip6} {
+		if *p == 0 {
+			continue
+		}
+		if r.seen[*p] {
+			d.Errors = append(d.Errors, fmt.Sprintf("address list %#x is another device's too: not read again", *p))
+			*p = 0
+			continue
+		}
+		r.seen[*p] = true
+	}
 	if ip4 != 0 {
 		a, err := r.inet4(ip4)
 		d.Addrs = append(d.Addrs, a...)

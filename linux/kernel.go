@@ -68,6 +68,10 @@ type Kernel struct {
 	// the d_dname methods of pseudo file systems (see pseudoPath)
 	dnameOnce sync.Once
 	dnames    map[uint64]pseudoNamer
+
+	// modules' symbol tables, read once per module (ModuleSymbol)
+	modSymMu sync.Mutex
+	modSyms  map[Addr]*modSymtab
 }
 
 var releaseRE = regexp.MustCompile(`^Linux version (\S+)`)

@@ -197,50 +197,101 @@ func FormatUsedBy(users []string) string {
 // maxModSyms bounds a module's symbol table.
 const maxModSyms = 1 << 18
 
-// ModuleSymbol names the function of a module that holds addr, from the
-// module's own symbol table (mod->kallsyms: the Elf64_Sym entries and
-// their string table the kernel keeps for /proc/kallsyms): "name+0xOFF".
-func (k *Kernel) ModuleSymbol(m Module, addr uint64) (string, error) {
+// modSymtab is a module's function symbols: value and name offset.
+type modSymtab struct {
+	funcs  []modFunc
+	strtab uint64
+	err    error
+}
+
+type modFunc struct {
+	val  uint64
+	name uint32
+}
+
+// moduleSymtab reads (once) a module's symbol table, mod->kallsyms: the
+// Elf64_Sym entries and the string table the kernel keeps for
+// /proc/kallsyms.
+func (k *Kernel) moduleSymtab(m Module) *modSymtab {
+	k.modSymMu.Lock()
+	defer k.modSymMu.Unlock()
+	if t, ok := k.modSyms[m.Addr]; ok {
+		return t
+	}
+	t := &modSymtab{}
+	if k.modSyms == nil {
+		k.modSyms = map[Addr]*modSymtab{}
+	}
+	k.modSyms[m.Addr] = t
 	ks, err := k.ReadField("module", uint64(m.Addr), "kallsyms")
 	if err != nil {
-		return "", err
+		t.err = err
+		return t
 	}
 	kp, _ := ks.Ptr()
 	if kp == 0 {
-		return "", fmt.Errorf("module %s keeps no symbols", m.Name)
+		t.err = fmt.Errorf("module %s keeps no symbols", m.Name)
+		return t
 	}
 	v, err := k.Object("mod_kallsyms", kp)
 	if err != nil {
-		return "", err
+		t.err = err
+		return t
 	}
 	f := &fields{v: v}
 	symtab, n, strtab := f.ptr("symtab"), f.uint("num_symtab"), f.ptr("strtab")
 	if len(f.errs) > 0 {
-		return "", fmt.Errorf("module %s symbols: %s", m.Name, strings.Join(f.errs, "; "))
+		t.err = fmt.Errorf("module %s symbols: %s", m.Name, strings.Join(f.errs, "; "))
+		return t
 	}
 	if n > maxModSyms || symtab == 0 || strtab == 0 {
-		return "", fmt.Errorf("module %s: symbol table of %d entries at %#x", m.Name, n, symtab)
+		t.err = fmt.Errorf("module %s: symbol table of %d entries at %#x", m.Name, n, symtab)
+		return t
 	}
 	const symSize = 24 // Elf64_Sym
+	// the table's last entry first: a forged count fails before the
+	// whole table is allocated
+	var last [symSize]byte
+	if n > 0 {
+		if _, err := k.AS.ReadAt(last[:], int64(symtab+(n-1)*symSize)); err != nil {
+			t.err = fmt.Errorf("module %s symbol table: %w", m.Name, err)
+			return t
+		}
+	}
 	buf := make([]byte, n*symSize)
 	if _, err := k.AS.ReadAt(buf, int64(symtab)); err != nil {
-		return "", fmt.Errorf("module %s symbol table: %w", m.Name, err)
+		t.err = fmt.Errorf("module %s symbol table: %w", m.Name, err)
+		return t
 	}
-	best, bestVal := -1, uint64(0)
 	for i := uint64(0); i < n; i++ {
 		s := buf[i*symSize:]
-		val := binary.LittleEndian.Uint64(s[8:])
-		if s[4]&0xf != 2 || val > addr || val < bestVal { // STT_FUNC only
-			continue
+		if s[4]&0xf == 2 { // STT_FUNC
+			t.funcs = append(t.funcs, modFunc{binary.LittleEndian.Uint64(s[8:]), binary.LittleEndian.Uint32(s)})
 		}
-		best, bestVal = int(i), val
+	}
+	t.strtab = strtab
+	return t
+}
+
+// ModuleSymbol names the function of a module that holds addr, from the
+// module's own symbol table: "name+0xOFF".
+func (k *Kernel) ModuleSymbol(m Module, addr uint64) (string, error) {
+	t := k.moduleSymtab(m)
+	if t.err != nil {
+		return "", t.err
+	}
+	best := -1
+	for i, f := range t.funcs {
+		if f.val <= addr && (best < 0 || f.val > t.funcs[best].val) {
+			best = i
+		}
 	}
 	if best < 0 {
 		return "", fmt.Errorf("no function of module %s at or below %#x", m.Name, addr)
 	}
-	name, err := k.ReadCString(strtab+uint64(binary.LittleEndian.Uint32(buf[best*symSize:])), 128)
+	name, err := k.ReadCString(t.strtab+uint64(t.funcs[best].name), 128)
 	if err != nil || name == "" {
 		return "", fmt.Errorf("module %s symbol name: %v", m.Name, err)
 	}
-	return fmt.Sprintf("%s+%#x", name, addr-bestVal), nil
+	return fmt.Sprintf("%s+%#x", name, addr-t.funcs[best].val), nil
 }

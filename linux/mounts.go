@@ -167,10 +167,17 @@ func (k *Kernel) Mounts(pids []int64) ([]MountNamespace, error) {
 		}
 	}
 	out := make([]MountNamespace, 0, len(order))
+	total := 0
 	for _, ns := range order {
 		m := byNS[ns]
 		slices.Sort(m.PIDs)
+		if total >= maxMounts {
+			m.Errors = append(m.Errors, fmt.Sprintf("more than %d mounts in all: not read", maxMounts))
+			out = append(out, *m)
+			continue
+		}
 		mounts, err := k.nsMounts(ns, roots[ns])
+		total += len(mounts)
 		m.Mounts = mounts
 		if err != nil {
 			m.Errors = append(m.Errors, err.Error())

@@ -52,10 +52,13 @@ func (k *Kernel) NetfilterHooks() ([]NetfilterHook, error) {
 	nsr := k.newNSReader()
 	var out []NetfilterHook
 	var errs []string
+	seen := map[uint64]bool{} // a table on two hook points is read once
 	for _, n := range nets {
 		v, err := k.ReadValue(netT, n)
 		if err != nil {
-			errs = append(errs, err.Error())
+			if len(errs) < 16 {
+				errs = append(errs, err.Error())
+			}
 			continue
 		}
 		inum, _ := nsr.nsInum("net", n)
@@ -77,12 +80,19 @@ func (k *Kernel) NetfilterHooks() ([]NetfilterHook, error) {
 				if p == 0 {
 					continue
 				}
+				if seen[p] {
+					if len(errs) < 16 {
+						errs = append(errs, fmt.Sprintf("nf_hook_entries %#x is on two hook points: read once", p))
+					}
+					continue
+				}
+				seen[p] = true
 				hook := fmt.Sprint(i)
 				if i < len(names) {
 					hook = names[i]
 				}
 				fns, err := k.hookEntries(p)
-				if err != nil {
+				if err != nil && len(errs) < 16 {
 					errs = append(errs, fmt.Sprintf("net namespace %d %s %s: %v", inum, fam.name, hook, err))
 				}
 				for _, fn := range fns {

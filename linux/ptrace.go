@@ -53,17 +53,22 @@ func (k *Kernel) Ptraces() ([]Ptrace, error) {
 	}
 	var out []Ptrace
 	var errs []error
+	seen := map[uint64]bool{} // threads read, across thread groups
 	for _, a := range leaders {
 		lv, err := k.ReadValue(tt, a)
 		if err != nil {
 			continue
 		}
 		ths, err := k.Threads(lv)
-		if err != nil {
+		if err != nil && len(errs) < 16 {
 			errs = append(errs, fmt.Errorf("threads of task %#x: %w", a, err))
 			ths = []uint64{a}
 		}
 		for _, th := range ths {
+			if seen[th] {
+				continue
+			}
+			seen[th] = true
 			v := lv
 			if th != a {
 				if v, err = k.ReadValue(tt, th); err != nil {

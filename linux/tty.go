@@ -27,6 +27,8 @@ const (
 	maxTTYDrivers = 1024
 	maxTTYsPerDrv = 4096
 	nrLdiscs      = 31 // NR_LDISCS (include/uapi/linux/tty.h)
+	// maxTTYPointers bounds the function pointers read in all
+	maxTTYPointers = 1 << 16
 )
 
 // FuncPointers reads the function pointers of an operations struct at
@@ -79,7 +81,7 @@ func (k *Kernel) TTYOps() ([]OpsPointer, error) {
 	var out []OpsPointer
 	var errs []string
 	add := func(object, structName string, table uint64) {
-		if table == 0 {
+		if table == 0 || len(out) >= maxTTYPointers {
 			return
 		}
 		ps, err := k.FuncPointers(structName, table)
@@ -167,6 +169,12 @@ func (k *Kernel) TTYOps() ([]OpsPointer, error) {
 	}
 	if walkErr != nil {
 		errs = append(errs, walkErr.Error())
+	}
+	if len(out) >= maxTTYPointers {
+		errs = append(errs, fmt.Sprintf("more than %d function pointers: the rest not read", maxTTYPointers))
+	}
+	if len(errs) > 16 {
+		errs = append(errs[:16], fmt.Sprintf("and %d more errors", len(errs)-16))
 	}
 	if len(errs) > 0 {
 		return out, fmt.Errorf("tty operations: %s", strings.Join(errs, "; "))
