@@ -92,23 +92,10 @@ var operStates = []string{"unknown", "notpresent", "down", "lowerlayerdown", "te
 // Interfaces lists every network namespace on net_namespace_list with its
 // devices in dev_base_head order, and the processes in each.
 func (k *Kernel) Interfaces() ([]NetNamespace, error) {
-	head, err := k.Symbol("net_namespace_list")
-	if err != nil {
-		return nil, err
+	nets, walkErr := k.netNamespaces()
+	if nets == nil && walkErr != nil {
+		return nil, walkErr
 	}
-	netT, err := k.Types.Struct("net")
-	if err != nil {
-		return nil, err
-	}
-	listOff, err := netT.FieldOffset("list")
-	if err != nil {
-		return nil, err
-	}
-	var nets []uint64
-	walkErr := k.WalkList(head, maxNetNS, func(n uint64) error {
-		nets = append(nets, n-listOff)
-		return nil
-	})
 	if walkErr != nil {
 		walkErr = fmt.Errorf("net_namespace_list: %w", walkErr)
 		if len(nets) == 0 {
@@ -124,6 +111,7 @@ func (k *Kernel) Interfaces() ([]NetNamespace, error) {
 		if ns.PIDs == nil {
 			ns.PIDs = []int64{}
 		}
+		var err error
 		if ns.Inum, err = nsr.nsInum("net", n); err != nil {
 			ns.Errors = append(ns.Errors, err.Error())
 		}
@@ -438,4 +426,26 @@ func scope6Name(s uint64) string {
 		return "site"
 	}
 	return "global"
+}
+
+// netNamespaces walks net_namespace_list: the address of every struct net.
+func (k *Kernel) netNamespaces() ([]uint64, error) {
+	head, err := k.Symbol("net_namespace_list")
+	if err != nil {
+		return nil, err
+	}
+	netT, err := k.Types.Struct("net")
+	if err != nil {
+		return nil, err
+	}
+	listOff, err := netT.FieldOffset("list")
+	if err != nil {
+		return nil, err
+	}
+	var nets []uint64
+	walkErr := k.WalkList(head, maxNetNS, func(n uint64) error {
+		nets = append(nets, n-listOff)
+		return nil
+	})
+	return nets, walkErr
 }

@@ -32,23 +32,14 @@ const maxHookEntries = 1024
 // NetfilterHooks reads every network namespace's hook points (struct
 // netns_nf: hooks_ipv4, hooks_ipv6, hooks_arp, hooks_bridge).
 func (k *Kernel) NetfilterHooks() ([]NetfilterHook, error) {
-	head, err := k.Symbol("net_namespace_list")
-	if err != nil {
-		return nil, err
+	nets, walkErr := k.netNamespaces()
+	if nets == nil && walkErr != nil {
+		return nil, walkErr
 	}
 	netT, err := k.Types.Struct("net")
 	if err != nil {
 		return nil, err
 	}
-	listOff, err := netT.FieldOffset("list")
-	if err != nil {
-		return nil, err
-	}
-	var nets []uint64
-	walkErr := k.WalkList(head, maxNetNS, func(n uint64) error {
-		nets = append(nets, n-listOff)
-		return nil
-	})
 	nsr := k.newNSReader()
 	var out []NetfilterHook
 	var errs []string
