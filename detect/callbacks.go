@@ -40,8 +40,9 @@ func (o owner) evidence(role string, a uint64) AddrEvidence {
 	return e
 }
 
-// kernelCallbacks reports netfilter hooks, notifier callbacks and terminal
-// operations (tty drivers, ttys, line disciplines) whose
+// kernelCallbacks reports netfilter hooks, notifier callbacks, terminal
+// operations (tty drivers, ttys, line disciplines), the operations of
+// /proc's entries and tracepoint probes whose
 // code is outside the kernel and every listed module (critical: a hidden
 // module or injected code) or in a module built outside the kernel's tree
 // (high: the kernel's own netfilter and input code is in-tree).
@@ -91,7 +92,28 @@ func kernelCallbacks(s *Snapshot) ([]Finding, error) {
 			fmt.Sprintf("Module %s, built outside the kernel's tree (taint %#x), registered %s on the %s notifier chain. %s", o.mod.Name, o.mod.Taints, describe(ev.Addresses[0]), n.Chain, why), ev))
 	}
 	ttys, ttyErr := s.K.TTYOps()
-	for _, p := range ttys {
+	out = append(out, s.opsFindings(ttys, opsKind{id: "tty-hook", attack: "T1056.001", what: "terminal operation",
+		why: "Whoever owns a terminal's operations sees everything typed and printed on it: passwords included.", who: "Tty sniffers swap these tables."})...)
+	procs, procErr := s.K.ProcOps()
+	out = append(out, s.opsFindings(procs, opsKind{id: "proc-hook", attack: "T1014", what: "/proc operation",
+		why: "The kernel calls it to list or print the entry: whoever owns it decides what /proc shows.", who: "Rootkits swap these to hide connections from /proc/net/tcp and processes or files from listings."})...)
+	tps, tpErr := s.K.Tracepoints()
+	out = append(out, s.opsFindings(tps, opsKind{id: "tracepoint-hook", attack: "T1014", what: "tracepoint probe",
+		why: "The kernel calls it at every hit of the tracepoint (every exec, every system call, every packet).", who: "Rootkits register probes here to watch the system without the ftrace or kprobe lists showing them."})...)
+	return out, errors.Join(hookErr, notErr, ttyErr, procErr, tpErr)
+}
+
+// opsKind says what a family of operations tables is, for its findings.
+type opsKind struct {
+	id, attack, what string
+	why, who         string // what owning it gives; who swaps it
+}
+
+// opsFindings reports each function pointer of operations tables that is
+// in no known code (critical) or in an out-of-tree module (high).
+func (s *Snapshot) opsFindings(ptrs []linux.OpsPointer, kind opsKind) []Finding {
+	var out []Finding
+	for _, p := range ptrs {
 		o := s.owner(uint64(p.Func))
 		if o.where == "kernel" || o.where == "module" && !o.mod.OutOfTree() {
 			continue
@@ -99,16 +121,16 @@ func kernelCallbacks(s *Snapshot) ([]Finding, error) {
 		ev := Evidence{Addresses: []AddrEvidence{o.evidence("function", uint64(p.Func)), {Role: p.Struct, Address: p.Table}},
 			Details: map[string]any{"object": p.Object, "struct": p.Struct, "member": p.Member}}
 		ev.Found = describe(ev.Addresses[0])
-		key := fmt.Sprintf("%s/%s/%#x", p.Object, p.Member, uint64(p.Func))
+		key := fmt.Sprintf("%s/%s/%s/%#x", p.Object, p.Struct, p.Member, uint64(p.Func))
 		what := fmt.Sprintf("%s of %s (%s)", p.Member, p.Object, p.Struct)
 		if o.where == "unknown" {
-			out = append(out, s.finding("tty-hook", "A terminal operation runs code of no known module: "+what, Critical, "T1056.001", key,
-				fmt.Sprintf("The %s calls %v, code that belongs to no module in the module list (a hidden module, or injected code). Whoever owns a terminal's operations sees everything typed and printed on it: passwords included.", what, p.Func), ev))
+			out = append(out, s.finding(kind.id, fmt.Sprintf("A %s runs code of no known module: %s", kind.what, what), Critical, kind.attack, key,
+				fmt.Sprintf("The %s calls %v, code that belongs to no module in the module list (a hidden module, or injected code). %s", what, p.Func, kind.why), ev))
 			continue
 		}
 		ev.Modules = []string{o.mod.Name}
-		out = append(out, s.finding("tty-hook", fmt.Sprintf("Out-of-tree module %s replaced a terminal operation: %s", o.mod.Name, what), High, "T1056.001", key,
-			fmt.Sprintf("Module %s, built outside the kernel's tree (taint %#x), owns the %s: it calls %s. Whoever owns a terminal's operations sees everything typed and printed on it: passwords included. Tty sniffers swap these tables.", o.mod.Name, o.mod.Taints, what, describe(ev.Addresses[0])), ev))
+		out = append(out, s.finding(kind.id, fmt.Sprintf("Out-of-tree module %s owns a %s: %s", o.mod.Name, kind.what, what), High, kind.attack, key,
+			fmt.Sprintf("Module %s, built outside the kernel's tree (taint %#x), owns the %s: it calls %s. %s %s", o.mod.Name, o.mod.Taints, what, describe(ev.Addresses[0]), kind.why, kind.who), ev))
 	}
-	return out, errors.Join(hookErr, notErr, ttyErr)
+	return out
 }

@@ -477,7 +477,8 @@ func TestYara(t *testing.T) {
 }
 
 // TestKernelCallbacks loads the hooks module (a netfilter hook, a keyboard
-// notifier and a sniffer of the serial console's tty) on both kernels.
+// notifier, a sniffer of the serial console's tty, a tracepoint probe, and
+// /proc/net/tcp's show and /proc's iterate swapped) on both kernels.
 func TestKernelCallbacks(t *testing.T) {
 	forEachKernel(t, func(t *testing.T, series string) {
 		callbacksAttack(t, attackGuest(t, series, "lkm"))
@@ -485,8 +486,9 @@ func TestKernelCallbacks(t *testing.T) {
 }
 
 // callbacksAttack: before, kernel-callbacks finds nothing; with vmw_hooks
-// loaded it reports the four callbacks, high, each at the address the guest's
-// own /proc/kallsyms gives its function, named by the module's symbol;
+// loaded it reports each of the module's callbacks and swapped operations,
+// high, at the address the guest's own /proc/kallsyms gives its function,
+// named by the module's symbol; the guest's /proc shows the hiding works;
 // after rmmod, nothing again.
 func callbacksAttack(t *testing.T, vm *testvm.VM) {
 	expectNone := func(when string) {
@@ -495,13 +497,38 @@ func callbacksAttack(t *testing.T, vm *testvm.VM) {
 		}
 	}
 	expectNone("before the module")
-	out, err := vm.Run("insmod /opt/vmw_hooks.ko tty=1 && grep -wE 'vmw_hooks_(nf|kbd|tty_write|receive_buf)' /proc/kallsyms")
+	// a TCP listener on port 31337 (7A69) and a process, for the module to
+	// hide from /proc/net/tcp or tcp6 and from the listing of /proc
+	out, err := vm.Run(`if command -v python3 >/dev/null; then setsid python3 -c 'import socket,time; s=socket.socket(); s.setsockopt(1,2,1); s.bind(("127.0.0.1",31337)); s.listen(); time.sleep(100000)' </dev/null >/dev/null 2>&1 & else sleep 100000 | nc -l -p 31337 >/dev/null 2>&1 & fi; sleep 100003 </dev/null >/dev/null 2>&1 & echo $!; sleep 1`)
+	if err != nil {
+		t.Fatalf("the listener and the process to hide: %v: %s", err, out)
+	}
+	hidden := strings.TrimSpace(out)
+	if _, err := strconv.Atoi(hidden); err != nil {
+		t.Fatalf("the process to hide: %q", out)
+	}
+	defer vm.Run("pkill -f 'sleep 10000[03]'; pkill -f 'bind..127.0.0.1.,31337'; true")
+	seen := func() string {
+		out, err := vm.Run(fmt.Sprintf("echo tcp $(cat /proc/net/tcp /proc/net/tcp6 | grep -c ':7A69 ') proc $(ls /proc | grep -cx %s)", hidden))
+		if err != nil {
+			t.Fatalf("the guest's /proc: %v: %s", err, out)
+		}
+		return strings.TrimSpace(out)
+	}
+	if got := seen(); got != "tcp 1 proc 1" {
+		t.Fatalf("before the module the guest's /proc shows %q, want the listener and the process", got)
+	}
+	fns := []string{"vmw_hooks_nf", "vmw_hooks_kbd", "vmw_hooks_tty_write", "vmw_hooks_receive_buf", "vmw_hooks_exec", "vmw_hooks_tcp_show", "vmw_hooks_proc_iterate"}
+	out, err = vm.Run(fmt.Sprintf("insmod /opt/vmw_hooks.ko tty=1 hide_port=31337 hide_pid=%s && grep -wE '%s' /proc/kallsyms", hidden, strings.Join(fns, "|")))
 	if err != nil {
 		t.Fatalf("insmod vmw_hooks.ko: %v: %s", err, out)
 	}
 	defer func() {
 		if out, err := vm.Run("rmmod vmw_hooks"); err != nil {
 			t.Errorf("rmmod vmw_hooks: %v: %s", err, out)
+		}
+		if got := seen(); got != "tcp 1 proc 1" {
+			t.Errorf("after rmmod the guest's /proc shows %q, want the listener and the process again", got)
 		}
 		expectNone("after rmmod")
 	}()
@@ -512,8 +539,11 @@ func callbacksAttack(t *testing.T, vm *testvm.VM) {
 			addrs[f[2]], _ = strconv.ParseUint(f[0], 16, 64)
 		}
 	}
-	if len(addrs) != 4 {
+	if len(addrs) != len(fns) {
 		t.Fatalf("the guest's kallsyms for vmw_hooks: %q", out)
+	}
+	if got := seen(); got != "tcp 0 proc 0" {
+		t.Errorf("with the module the guest's /proc shows %q, want the listener and the process hidden", got)
 	}
 	// the module's memory, extracted, holds the message its source logs
 	ko := filepath.Join(t.TempDir(), "vmw_hooks.mem")
@@ -531,7 +561,8 @@ func callbacksAttack(t *testing.T, vm *testvm.VM) {
 			return uint64(a.Address) == addrs[fn] && a.Symbol == fn+"+0x0 [vmw_hooks]"
 		}
 	}
-	var nf, kbd, ttyW, ttyR bool
+	detail := func(f detect.Finding, k, want string) bool { return fmt.Sprint(f.Evidence.Details[k]) == want }
+	var nf, kbd, ttyW, ttyR, exec, tcp, tcp6, proc bool
 	for _, f := range fs {
 		switch {
 		case f.ID == "netfilter-hook" && at("vmw_hooks_nf")(f) && f.Evidence.Details["hook"] == "PRE_ROUTING" && f.Evidence.Details["family"] == "ipv4":
@@ -542,11 +573,19 @@ func callbacksAttack(t *testing.T, vm *testvm.VM) {
 			ttyW = true
 		case f.ID == "tty-hook" && at("vmw_hooks_receive_buf")(f) && f.Evidence.Details["member"] == "receive_buf" && strings.HasPrefix(fmt.Sprint(f.Evidence.Details["object"]), "line discipline of "):
 			ttyR = true
+		case f.ID == "tracepoint-hook" && at("vmw_hooks_exec")(f) && detail(f, "object", "tracepoint sched_process_exec") && detail(f, "struct", "tracepoint_func"):
+			exec = true
+		case f.ID == "proc-hook" && at("vmw_hooks_tcp_show")(f) && detail(f, "object", "/proc/net/tcp") && detail(f, "struct", "seq_operations") && detail(f, "member", "show"):
+			tcp = true
+		case f.ID == "proc-hook" && at("vmw_hooks_tcp_show")(f) && detail(f, "object", "/proc/net/tcp6") && detail(f, "struct", "seq_operations") && detail(f, "member", "show"):
+			tcp6 = true
+		case f.ID == "proc-hook" && at("vmw_hooks_proc_iterate")(f) && detail(f, "object", "/proc") && detail(f, "struct", "file_operations") && detail(f, "member", "iterate_shared"):
+			proc = true
 		default:
 			t.Errorf("unexpected finding %s %s: %s", f.Severity, f.ID, f.Explanation)
 		}
 	}
-	if !nf || !kbd || !ttyW || !ttyR {
-		t.Errorf("found: netfilter hook %v, keyboard notifier %v, tty write %v, line discipline receive_buf %v; kallsyms %x; findings: %s", nf, kbd, ttyW, ttyR, addrs, summary(fs))
+	if !nf || !kbd || !ttyW || !ttyR || !exec || !tcp || !tcp6 || !proc {
+		t.Errorf("found: netfilter hook %v, keyboard notifier %v, tty write %v, line discipline receive_buf %v, exec tracepoint probe %v, /proc/net/tcp show %v, tcp6 show %v, /proc iterate %v; kallsyms %x; findings: %s", nf, kbd, ttyW, ttyR, exec, tcp, tcp6, proc, addrs, summary(fs))
 	}
 }

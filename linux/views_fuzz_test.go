@@ -116,7 +116,32 @@ func newFuzzLayout() *fuzzLayout {
 	inDev := st("in_device", 8, mem{"ifa_list", ptr(inIfa), 0, 0})
 	in6Dev := st("inet6_dev", 16, mem{"addr_list", lh, 0, 0})
 	st("inet6_ifaddr", 40, mem{"addr", arr(u8, 16), 0, 0}, mem{"prefix_len", u32, 16, 0}, mem{"scope", s32, 20, 0}, mem{"if_list", lh, 24, 0})
-	netT := st("net", 40, mem{"ns", nsc, 0, 0}, mem{"list", lh, 8, 0}, mem{"dev_base_head", lh, 24, 0})
+	// /proc's entries and their operations (fs/proc/internal.h), and
+	// tracepoints; fn is a function pointer (a prototype of no parameters,
+	// so the blob's walk below reads it as 12 bytes)
+	fn := ptr(&btf.FuncProto{Return: s32})
+	fptrs := func(name string, ms ...string) *btf.Struct {
+		var mm []mem
+		for i, m := range ms {
+			mm = append(mm, mem{m, fn, uint32(8 * i), 0})
+		}
+		return st(name, uint32(8*len(ms)), mm...)
+	}
+	rbNode := st("rb_node", 24, mem{"__rb_parent_color", u64, 0, 0}, mem{"rb_right", ptr(u64), 8, 0}, mem{"rb_left", ptr(u64), 16, 0})
+	rbRoot := st("rb_root", 8, mem{"rb_node", ptr(rbNode), 0, 0})
+	pde := st("proc_dir_entry", 80)
+	pde.Members = mk([]mem{{"proc_iops", ptr(fptrs("inode_operations", "lookup")), 0, 0},
+		{"", un("", 8, mem{"proc_ops", ptr(fptrs("proc_ops", "proc_open", "proc_read")), 0, 0},
+			mem{"proc_dir_ops", ptr(fptrs("file_operations", "iterate_shared", "read")), 0, 0}), 8, 0},
+		{"", un("", 8, mem{"seq_ops", ptr(fptrs("seq_operations", "start", "stop", "next", "show")), 0, 0},
+			mem{"single_show", fn, 0, 0}), 16, 0},
+		{"write", fn, 24, 0}, {"subdir", rbRoot, 32, 0}, {"subdir_node", rbNode, 40, 0},
+		{"name", ptr(char), 64, 0}, {"mode", u16, 72, 0}})
+	tpFunc := st("tracepoint_func", 24, mem{"func", ptr(u64), 0, 0}, mem{"data", ptr(u64), 8, 0}, mem{"prio", s32, 16, 0})
+	sck := st("static_call_key", 8, mem{"func", ptr(u64), 0, 0})
+	st("tracepoint", 40, mem{"name", ptr(char), 0, 0}, mem{"static_call_key", ptr(sck), 8, 0},
+		mem{"regfunc", fn, 16, 0}, mem{"unregfunc", fn, 24, 0}, mem{"funcs", ptr(tpFunc), 32, 0})
+	netT := st("net", 48, mem{"ns", nsc, 0, 0}, mem{"list", lh, 8, 0}, mem{"dev_base_head", lh, 24, 0}, mem{"proc_net", ptr(pde), 40, 0})
 	st("net_device", 88, mem{"name", arr(char, 16), 0, 0}, mem{"dev_list", lh, 16, 0}, mem{"ifindex", s32, 32, 0},
 		mem{"flags", u32, 36, 0}, mem{"mtu", u32, 40, 0}, mem{"type", u16, 44, 0}, mem{"addr_len", u8, 46, 0},
 		mem{"operstate", u8, 47, 0}, mem{"gflags", u16, 48, 0}, mem{"promiscuity", u32, 52, 0}, mem{"state", u64, 56, 0},
@@ -125,7 +150,6 @@ func newFuzzLayout() *fuzzLayout {
 	res := st("resource", 56)
 	res.Members = mk([]mem{{"start", u64, 0, 0}, {"end", u64, 8, 0}, {"name", ptr(char), 16, 0}, {"flags", u64, 24, 0},
 		{"parent", ptr(res), 32, 0}, {"sibling", ptr(res), 40, 0}, {"child", ptr(res), 48, 0}})
-	st("rb_node", 24, mem{"__rb_parent_color", u64, 0, 0}, mem{"rb_right", ptr(u64), 8, 0}, mem{"rb_left", ptr(u64), 16, 0})
 
 	task := st("task_struct", 168)
 	task.Members = mk([]mem{
@@ -313,6 +337,9 @@ const (
 	fuzzNetNSList = fuzzData + 0x118 // net_namespace_list
 	fuzzRBRoot    = fuzzData + 0x128 // a red-black tree's top node
 	fuzzIomem     = fuzzData + 0x130 // iomem_resource
+	fuzzProcRoot  = fuzzData + 0x9e0 // proc_root
+	fuzzSeqProcs  = fuzzData + 0xb98 // proc_seq_ops
+	fuzzTP        = fuzzData + 0xae0 // __tracepoint_sched
 	fuzzObject    = fuzzData + 0x200 // a task_struct for the typed-value checks
 )
 
@@ -341,6 +368,9 @@ func fuzzKernel(t testing.TB, types Types, data []byte) *Kernel {
 		{Addr: fuzzSockOps, Name: "socket_file_ops", Type: 'R'},
 		{Addr: fuzzNetNSList, Name: "net_namespace_list", Type: 'D'},
 		{Addr: fuzzIomem, Name: "iomem_resource", Type: 'D'},
+		{Addr: fuzzProcRoot, Name: "proc_root", Type: 'D'},
+		{Addr: fuzzSeqProcs, Name: "proc_seq_ops", Type: 'r'},
+		{Addr: fuzzTP, Name: "__tracepoint_sched", Type: 'D'},
 	})
 	return &Kernel{Mem: mem, AS: as, Loc: Location{Levels: 4}, Syms: syms, Types: types, log: slog.New(slog.DiscardHandler)}
 }
@@ -390,6 +420,8 @@ func driveViews(k *Kernel) {
 	k.NetfilterHooks()
 	k.Notifiers()
 	k.TTYOps()
+	k.ProcOps()
+	k.Tracepoints()
 	if top, err := k.Uint64(fuzzRBRoot); err == nil {
 		k.rbInOrder(top, 1000)
 	}
@@ -421,7 +453,7 @@ func badTaskLayout() []byte {
 func fuzzTaskMemory() []byte {
 	// small, so that the fuzzer's minimizer has little to cut; the rest of
 	// the mapped window reads as zeros
-	m := make([]byte, 0x9d0)
+	m := make([]byte, 0xc00)
 	le := binary.LittleEndian
 	// two tasks on the task list, each with its cred and struct pid
 	task := func(at, other uint64, pid int32, comm string, pidStruct uint64) {
@@ -517,6 +549,30 @@ func fuzzTaskMemory() []byte {
 	le.PutUint64(m[0x980+16:], fuzzData+0x9c0) // name
 	le.PutUint64(m[0x980+32:], fuzzIomem)      // parent
 	copy(m[0x9c0:], "System RAM")
+	// /proc: the root directory with one file, "tcp", whose proc_ops are
+	// proc_seq_ops; the network namespace's /proc/net is that file too
+	text := func(i uint64) uint64 { return 0xffffffff81000000 + i*16 }
+	le.PutUint64(m[0x9e0:], fuzzData+0xb80)       // proc_iops
+	le.PutUint64(m[0x9e0+8:], fuzzData+0xb88)     // proc_dir_ops
+	le.PutUint64(m[0x9e0+32:], fuzzData+0xa40+40) // subdir: the file's node
+	le.PutUint16(m[0x9e0+72:], 0o40555)           // a directory
+	le.PutUint64(m[0xa40+8:], fuzzSeqProcs)       // proc_ops
+	le.PutUint64(m[0xa40+16:], fuzzData+0xba8)    // seq_ops
+	le.PutUint64(m[0xa40+24:], text(0))           // write
+	le.PutUint64(m[0xa40+64:], fuzzData+0xbd0)    // name
+	le.PutUint16(m[0xa40+72:], 0o100444)          // a file
+	le.PutUint64(m[0x700+40:], fuzzData+0xa40)    // net.proc_net
+	for i := uint64(0); i < 9; i++ {              // inode, file, proc and seq operations
+		le.PutUint64(m[0xb80+i*8:], text(1+i))
+	}
+	copy(m[0xbd0:], "tcp")
+	// a tracepoint with one probe and its static call on the iterator
+	le.PutUint64(m[0xae0:], fuzzData+0xbe0)    // name
+	le.PutUint64(m[0xae0+8:], fuzzData+0xb10)  // static_call_key
+	le.PutUint64(m[0xae0+32:], fuzzData+0xb20) // funcs
+	le.PutUint64(m[0xb10:], text(10))          // static call target
+	le.PutUint64(m[0xb20:], text(11))          // the probe
+	copy(m[0xbe0:], "sched")
 	return m
 }
 
@@ -588,6 +644,14 @@ func TestScanTasksBadLayout(t *testing.T) {
 	}
 	if rs, err := k.Resources(false); err != nil || len(rs) != 1 || rs[0].Line(8) != "00000000-000fffff : System RAM" {
 		t.Errorf("Resources on the base layout: %+v %v", rs, err)
+	}
+	if ops, err := k.ProcOps(); err != nil || len(ops) != 10 || ops[0].Object != "/proc" || ops[len(ops)-1].Object != "/proc/tcp" ||
+		ops[len(ops)-1].Member != "write" || ops[len(ops)-2].Struct != "seq_operations" || ops[len(ops)-2].Member != "show" {
+		t.Errorf("ProcOps on the base layout: %+v %v", ops, err)
+	}
+	if tps, err := k.Tracepoints(); len(tps) != 2 || tps[0].Object != "tracepoint sched" || tps[0].Func != 0xffffffff810000b0 ||
+		tps[1].Struct != "static_call_key" || tps[1].Func != 0xffffffff810000a0 {
+		t.Errorf("Tracepoints on the base layout: %+v %v", tps, err)
 	}
 	root, _ := k.Uint64(fuzzMapleRoot)
 	if es, err := k.mapleEntries(root); err != nil || len(es) != 1 || es[0] != fuzzData+0x3000 {

