@@ -42,7 +42,7 @@ func (o owner) evidence(role string, a uint64) AddrEvidence {
 
 // kernelCallbacks reports netfilter hooks, notifier callbacks, terminal
 // operations (tty drivers, ttys, line disciplines), the operations of
-// /proc's entries and tracepoint probes whose
+// /proc's entries, tracepoint probes and LSM hooks whose
 // code is outside the kernel and every listed module (critical: a hidden
 // module or injected code) or in a module built outside the kernel's tree
 // (high: the kernel's own netfilter and input code is in-tree).
@@ -100,7 +100,10 @@ func kernelCallbacks(s *Snapshot) ([]Finding, error) {
 	tps, tpErr := s.K.Tracepoints()
 	out = append(out, s.opsFindings(tps, opsKind{id: "tracepoint-hook", attack: "T1014", what: "tracepoint probe",
 		why: "The kernel calls it at every hit of the tracepoint (every exec, every system call, every packet).", who: "Rootkits register probes here to watch the system without the ftrace or kprobe lists showing them."})...)
-	return out, errors.Join(hookErr, notErr, ttyErr, procErr, tpErr)
+	lsms, lsmErr := s.K.LSMHooks()
+	out = append(out, s.opsFindings(lsms, opsKind{id: "lsm-hook", attack: "T1014", what: "security hook",
+		why: "The kernel asks it at every security decision of its kind (open a file, send a signal, load a module) and obeys its answer.", who: "Rootkits add hooks here to protect their processes and files, or to watch every decision."})...)
+	return out, errors.Join(hookErr, notErr, ttyErr, procErr, tpErr, lsmErr)
 }
 
 // opsKind says what a family of operations tables is, for its findings.

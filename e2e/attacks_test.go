@@ -478,7 +478,8 @@ func TestYara(t *testing.T) {
 
 // TestKernelCallbacks loads the hooks module (a netfilter hook, a keyboard
 // notifier, a sniffer of the serial console's tty, a tracepoint probe, and
-// /proc/net/tcp's show and /proc's iterate swapped) on both kernels.
+// /proc/net/tcp's show and /proc's iterate swapped, a task_kill security
+// hook) on both kernels.
 func TestKernelCallbacks(t *testing.T) {
 	forEachKernel(t, func(t *testing.T, series string) {
 		callbacksAttack(t, attackGuest(t, series, "lkm"))
@@ -509,17 +510,24 @@ func callbacksAttack(t *testing.T, vm *testvm.VM) {
 	}
 	defer vm.Run("pkill -f 'sleep 10000[03]'; pkill -f 'bind..127.0.0.1.,31337'; true")
 	seen := func() string {
-		out, err := vm.Run(fmt.Sprintf("echo tcp $(cat /proc/net/tcp /proc/net/tcp6 | grep -c ':7A69 ') proc $(ls /proc | grep -cx %s)", hidden))
+		out, err := vm.Run(fmt.Sprintf("echo tcp $(cat /proc/net/tcp /proc/net/tcp6 | grep -c ':7A69 ') proc $(ls /proc | grep -cx %[1]s) kill $(kill -CONT %[1]s 2>/dev/null && echo ok || echo refused)", hidden))
 		if err != nil {
 			t.Fatalf("the guest's /proc: %v: %s", err, out)
 		}
 		return strings.TrimSpace(out)
 	}
-	if got := seen(); got != "tcp 1 proc 1" {
-		t.Fatalf("before the module the guest's /proc shows %q, want the listener and the process", got)
+	if got := seen(); got != "tcp 1 proc 1 kill ok" {
+		t.Fatalf("before the module the guest's /proc shows %q, want the listener and the process, and a signal to it sent", got)
 	}
-	fns := []string{"vmw_hooks_nf", "vmw_hooks_kbd", "vmw_hooks_tty_write", "vmw_hooks_receive_buf", "vmw_hooks_exec", "vmw_hooks_tcp_show", "vmw_hooks_proc_iterate"}
-	out, err = vm.Run(fmt.Sprintf("insmod /opt/vmw_hooks.ko tty=1 hide_port=31337 hide_pid=%s && grep -wE '%s' /proc/kallsyms", hidden, strings.Join(fns, "|")))
+	fns := []string{"vmw_hooks_nf", "vmw_hooks_kbd", "vmw_hooks_tty_write", "vmw_hooks_receive_buf", "vmw_hooks_exec", "vmw_hooks_tcp_show", "vmw_hooks_proc_iterate", "vmw_hooks_task_kill"}
+	// the LSM hooks' table, as the guest's kallsyms gives it: the static
+	// calls from 6.12 on, the lists before
+	out, err = vm.Run(`t=$(awk '$3 == "static_calls_table" {print $1}' /proc/kallsyms); [ -n "$t" ] || t=$(awk '$3 == "security_hook_heads" {print $1}' /proc/kallsyms); echo $t`)
+	lsmTable := strings.TrimSpace(out)
+	if err != nil || lsmTable == "" {
+		t.Fatalf("the LSM hooks in the guest's kallsyms: %v: %q", err, out)
+	}
+	out, err = vm.Run(fmt.Sprintf("insmod /opt/vmw_hooks.ko tty=1 hide_port=31337 hide_pid=%s lsm_table=0x%s && grep -wE '%s' /proc/kallsyms", hidden, lsmTable, strings.Join(fns, "|")))
 	if err != nil {
 		t.Fatalf("insmod vmw_hooks.ko: %v: %s", err, out)
 	}
@@ -527,8 +535,8 @@ func callbacksAttack(t *testing.T, vm *testvm.VM) {
 		if out, err := vm.Run("rmmod vmw_hooks"); err != nil {
 			t.Errorf("rmmod vmw_hooks: %v: %s", err, out)
 		}
-		if got := seen(); got != "tcp 1 proc 1" {
-			t.Errorf("after rmmod the guest's /proc shows %q, want the listener and the process again", got)
+		if got := seen(); got != "tcp 1 proc 1 kill ok" {
+			t.Errorf("after rmmod the guest's /proc shows %q, want the listener and the process again, and a signal to it sent", got)
 		}
 		expectNone("after rmmod")
 	}()
@@ -542,8 +550,8 @@ func callbacksAttack(t *testing.T, vm *testvm.VM) {
 	if len(addrs) != len(fns) {
 		t.Fatalf("the guest's kallsyms for vmw_hooks: %q", out)
 	}
-	if got := seen(); got != "tcp 0 proc 0" {
-		t.Errorf("with the module the guest's /proc shows %q, want the listener and the process hidden", got)
+	if got := seen(); got != "tcp 0 proc 0 kill refused" {
+		t.Errorf("with the module the guest's /proc shows %q, want the listener and the process hidden, and a signal to it refused", got)
 	}
 	// the module's memory, extracted, holds the message its source logs
 	ko := filepath.Join(t.TempDir(), "vmw_hooks.mem")
@@ -562,7 +570,7 @@ func callbacksAttack(t *testing.T, vm *testvm.VM) {
 		}
 	}
 	detail := func(f detect.Finding, k, want string) bool { return fmt.Sprint(f.Evidence.Details[k]) == want }
-	var nf, kbd, ttyW, ttyR, exec, tcp, tcp6, proc bool
+	var nf, kbd, ttyW, ttyR, exec, tcp, tcp6, proc, lsm bool
 	for _, f := range fs {
 		switch {
 		case f.ID == "netfilter-hook" && at("vmw_hooks_nf")(f) && f.Evidence.Details["hook"] == "PRE_ROUTING" && f.Evidence.Details["family"] == "ipv4":
@@ -579,13 +587,15 @@ func callbacksAttack(t *testing.T, vm *testvm.VM) {
 			tcp = true
 		case f.ID == "proc-hook" && at("vmw_hooks_tcp_show")(f) && detail(f, "object", "/proc/net/tcp6") && detail(f, "struct", "seq_operations") && detail(f, "member", "show"):
 			tcp6 = true
+		case f.ID == "lsm-hook" && at("vmw_hooks_task_kill")(f) && strings.HasPrefix(fmt.Sprint(f.Evidence.Details["object"]), "lsm hook task_kill ") && detail(f, "member", "task_kill"):
+			lsm = true
 		case f.ID == "proc-hook" && at("vmw_hooks_proc_iterate")(f) && detail(f, "object", "/proc") && detail(f, "struct", "file_operations") && detail(f, "member", "iterate_shared"):
 			proc = true
 		default:
 			t.Errorf("unexpected finding %s %s: %s", f.Severity, f.ID, f.Explanation)
 		}
 	}
-	if !nf || !kbd || !ttyW || !ttyR || !exec || !tcp || !tcp6 || !proc {
-		t.Errorf("found: netfilter hook %v, keyboard notifier %v, tty write %v, line discipline receive_buf %v, exec tracepoint probe %v, /proc/net/tcp show %v, tcp6 show %v, /proc iterate %v; kallsyms %x; findings: %s", nf, kbd, ttyW, ttyR, exec, tcp, tcp6, proc, addrs, summary(fs))
+	if !nf || !kbd || !ttyW || !ttyR || !exec || !tcp || !tcp6 || !proc || !lsm {
+		t.Errorf("found: netfilter hook %v, keyboard notifier %v, tty write %v, line discipline receive_buf %v, exec tracepoint probe %v, /proc/net/tcp show %v, tcp6 show %v, /proc iterate %v, task_kill security hook %v; kallsyms %x; findings: %s", nf, kbd, ttyW, ttyR, exec, tcp, tcp6, proc, lsm, addrs, summary(fs))
 	}
 }

