@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -421,9 +422,10 @@ func BenchmarkViews(b *testing.B) {
 	views := []struct {
 		name, unit string
 		run        func() (int, error)
+		cmd        []string // the command, when not "vmwatch NAME"
 	}{
-		{"maps", "mappings", perProcess(func(t linux.Value) (int, error) { m, err := k.Maps(t); return len(m), err })},
-		{"lsof", "fds", perProcess(func(t linux.Value) (int, error) { m, err := k.FDs(t); return len(m), err })},
+		{"maps", "mappings", perProcess(func(t linux.Value) (int, error) { m, err := k.Maps(t); return len(m), err }), nil},
+		{"lsof", "fds", perProcess(func(t linux.Value) (int, error) { m, err := k.FDs(t); return len(m), err }), nil},
 		{"envars", "variables", perProcess(func(t linux.Value) (int, error) {
 			mm, err := t.Field("mm")
 			if err != nil {
@@ -435,20 +437,35 @@ func BenchmarkViews(b *testing.B) {
 			}
 			e, err := k.Environ(p)
 			return len(e), err
-		})},
-		{"caps", "processes", perProcess(func(t linux.Value) (int, error) { _, err := k.Caps(t); return 1, err })},
-		{"libraries", "objects", perProcess(func(t linux.Value) (int, error) { m, err := k.Libraries(t); return len(m), err })},
+		}), nil},
+		{"caps", "processes", perProcess(func(t linux.Value) (int, error) { _, err := k.Caps(t); return 1, err }), nil},
+		{"libraries", "objects", perProcess(func(t linux.Value) (int, error) { m, err := k.Libraries(t); return len(m), err }), nil},
 		{"bash", "bash-processes", perProcess(func(t linux.Value) (int, error) {
 			if !k.IsBash(t) {
 				return 0, nil
 			}
 			_, err := k.BashHistory(t)
 			return 1, err
-		})},
-		{"mounts", "namespaces", func() (int, error) { m, err := k.Mounts(nil); return len(m), err }},
-		{"ifaces", "namespaces", func() (int, error) { m, err := k.Interfaces(); return len(m), err }},
-		{"iomem", "resources", func() (int, error) { m, err := k.Resources(false); return len(m), err }},
-		{"ptrace", "traced", func() (int, error) { m, err := k.Ptraces(); return len(m), err }},
+		}), nil},
+		{"mounts", "namespaces", func() (int, error) { m, err := k.Mounts(nil); return len(m), err }, nil},
+		{"ifaces", "namespaces", func() (int, error) { m, err := k.Interfaces(); return len(m), err }, nil},
+		{"iomem", "resources", func() (int, error) { m, err := k.Resources(false); return len(m), err }, nil},
+		{"ptrace", "traced", func() (int, error) { m, err := k.Ptraces(); return len(m), err }, nil},
+		// every table kernel-callbacks reads, and the check itself
+		{"kernel-callbacks", "pointers", func() (int, error) {
+			n := 0
+			var errs []error
+			count := func(m int, err error) { n += m; errs = append(errs, err) }
+			hooks, err := k.NetfilterHooks()
+			count(len(hooks), err)
+			nots, err := k.Notifiers()
+			count(len(nots), err)
+			for _, read := range []func() ([]linux.OpsPointer, error){k.TTYOps, k.ProcOps, k.Tracepoints, k.LSMHooks} {
+				ps, err := read()
+				count(len(ps), err)
+			}
+			return n, errors.Join(errs...)
+		}, []string{"check", "--only", "kernel-callbacks"}},
 	}
 	for _, v := range views {
 		b.Run("warm/"+v.name, func(b *testing.B) {
@@ -468,7 +485,11 @@ func BenchmarkViews(b *testing.B) {
 	for _, v := range views {
 		b.Run("command/"+v.name, func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
-				if out, err := exec.Command(vmwatchBin, v.name, "-t", tgt).CombinedOutput(); err != nil {
+				args := []string{v.name}
+				if v.cmd != nil {
+					args = v.cmd
+				}
+				if out, err := exec.Command(vmwatchBin, append(args, "-t", tgt)...).CombinedOutput(); err != nil {
 					b.Fatalf("vmwatch %s: %v: %s", v.name, err, out)
 				}
 			}

@@ -2,12 +2,15 @@ package e2e
 
 import (
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -35,6 +38,7 @@ func TestProcViews(t *testing.T) {
 		t.Run("envars", func(t *testing.T) { checkEnvars(t, vm, tg) })
 		t.Run("caps", func(t *testing.T) { checkCaps(t, vm, tg, false) })
 		t.Run("extract", func(t *testing.T) { checkExtract(t, vm, tg) })
+		t.Run("core", func(t *testing.T) { checkCore(t, vm, tg) })
 	})
 }
 
@@ -610,4 +614,101 @@ func checkExtract(t *testing.T, vm *testvm.VM, tg string) {
 		}
 		t.Logf("extract file %v: %s, %d bytes, sha256 equal to the guest's sha256sum", c.args, r.Path, r.Size)
 	}
+}
+
+// checkCore extracts the core of a sleeping process and holds it against
+// the guest: every readable mapping /proc/PID/maps lists is a segment with
+// its range and permissions whose bytes equal what the guest reads from
+// /proc/PID/mem, and gdb opens it with the program (extracted too) and
+// reports the rip and rsp that /proc/PID/syscall gives.
+func checkCore(t *testing.T, vm *testvm.VM, tg string) {
+	out, err := vm.Run(`VMW_CORE_MARK=core-4f2a sleep 1000090 </dev/null >/dev/null 2>&1 & echo $!; sleep 1`)
+	pid := strings.TrimSpace(out)
+	if _, perr := strconv.Atoi(pid); err != nil || perr != nil {
+		t.Fatalf("the process to dump: %v: %q", err, out)
+	}
+	defer vm.Run("kill " + pid + "; true")
+	// the guest's view: each readable mapping (but the kernel's vvar pages,
+	// which /proc/PID/mem does not read, and vsyscall) with the SHA-256 of
+	// its bytes, then the registers of the system call it sleeps in
+	out, err = vm.Run(`p=` + pid + `; while read r perms off dev ino path; do case "$path" in *vvar*|*vsyscall*) continue;; esac; ` +
+		`case $perms in r*) ;; *) continue;; esac; s=$((0x${r%-*})); e=$((0x${r#*-})); ` +
+		`echo "$r $perms $(dd if=/proc/$p/mem bs=4096 skip=$((s / 4096)) count=$(((e - s) / 4096)) 2>/dev/null | sha256sum | cut -d' ' -f1)"; ` +
+		`done < /proc/$p/maps; echo syscall $(cat /proc/$p/syscall)`)
+	if err != nil {
+		t.Fatalf("the guest's maps and memory of %s: %v: %s", pid, err, out)
+	}
+	type want struct {
+		start, end uint64
+		perms, sum string
+	}
+	var wants []want
+	var sp, pc string
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) > 2 && f[0] == "syscall" {
+			sp, pc = f[len(f)-2], f[len(f)-1]
+			continue
+		}
+		if len(f) != 3 {
+			t.Fatalf("the guest's line %q", l)
+		}
+		r := strings.SplitN(f[0], "-", 2)
+		s, _ := strconv.ParseUint(r[0], 16, 64)
+		e, _ := strconv.ParseUint(r[1], 16, 64)
+		wants = append(wants, want{s, e, f[1], f[2]})
+	}
+	if len(wants) < 3 || sp == "" {
+		t.Fatalf("the guest's maps and registers: %q", out)
+	}
+	dir := t.TempDir()
+	core, prog := filepath.Join(dir, "core"), filepath.Join(dir, "prog")
+	var info linux.CoreInfo
+	vmwatchJSON(t, &info, "extract", "core", pid, "-t", tg, "--to", core)
+	vmwatch(t, "extract", "file", "--exe", pid, "-t", tg, "--to", prog)
+	ef, err := elf.Open(core)
+	if err != nil {
+		t.Fatalf("the core is no ELF file: %v", err)
+	}
+	defer ef.Close()
+	if ef.Type != elf.ET_CORE || ef.Machine != elf.EM_X86_64 {
+		t.Fatalf("the core is %v for %v", ef.Type, ef.Machine)
+	}
+	for _, w := range wants {
+		var seg *elf.Prog
+		for _, p := range ef.Progs {
+			if p.Type == elf.PT_LOAD && p.Vaddr == w.start {
+				seg = p
+			}
+		}
+		if seg == nil || seg.Memsz != w.end-w.start || seg.Filesz != seg.Memsz {
+			t.Errorf("mapping %x-%x %s: segment %+v", w.start, w.end, w.perms, seg)
+			continue
+		}
+		flags := elf.ProgFlag(0)
+		for i, bit := range []elf.ProgFlag{elf.PF_R, elf.PF_W, elf.PF_X} {
+			if w.perms[i] != '-' {
+				flags |= bit
+			}
+		}
+		h := sha256.New()
+		if _, err := io.Copy(h, seg.Open()); err != nil || seg.Flags != flags || hex.EncodeToString(h.Sum(nil)) != w.sum {
+			t.Errorf("mapping %x-%x %s: segment flags %v, bytes %x (%v); the guest read %s", w.start, w.end, w.perms, seg.Flags, h.Sum(nil), err, w.sum)
+		}
+	}
+	g, err := exec.Command("gdb", "-batch", "-nx", "-ex", "info registers rip rsp", prog, core).CombinedOutput()
+	if err != nil {
+		t.Fatalf("gdb %s %s: %v: %s", prog, core, err, g)
+	}
+	regs := map[string]string{}
+	for _, l := range strings.Split(string(g), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && (f[0] == "rip" || f[0] == "rsp") {
+			regs[f[0]] = f[1]
+		}
+	}
+	if regs["rip"] != pc || regs["rsp"] != sp {
+		t.Errorf("gdb reads rip %s rsp %s from the core; the guest's /proc/%s/syscall has pc %s sp %s\n%s", regs["rip"], regs["rsp"], pid, pc, sp, g)
+	}
+	t.Logf("extract core %s: %d segments (%d compared with /proc/PID/mem), %d of %d pages present, %d from the page cache; gdb: rip %s rsp %s",
+		pid, info.Segments, len(wants), info.Present, info.Pages, info.Cached, regs["rip"], regs["rsp"])
 }

@@ -441,6 +441,7 @@ func driveViews(k *Kernel) {
 			k.Caps(t)
 			k.Libraries(t)
 			k.BashHistory(t)
+			k.WriteCore(t, &memCore{}, 1<<20)
 		}
 	}
 }
@@ -676,4 +677,25 @@ func TestScanTasksBadLayout(t *testing.T) {
 	if es, err := k.mapleEntries(root); err != nil || len(es) != 1 || es[0] != fuzzData+0x3000 {
 		t.Errorf("maple tree on the base layout: %#x %v", es, err)
 	}
+}
+
+// memCore is a core file in memory, for the fuzzed WriteCore.
+type memCore struct{ b []byte }
+
+func (m *memCore) WriteAt(p []byte, off int64) (int, error) {
+	if off < 0 || off+int64(len(p)) > 1<<24 {
+		return 0, errors.New("memCore: past 16 MiB")
+	}
+	if end := int(off) + len(p); end > len(m.b) {
+		m.b = append(m.b, make([]byte, end-len(m.b))...)
+	}
+	return copy(m.b[off:], p), nil
+}
+
+func (m *memCore) Truncate(n int64) error {
+	if n < 0 || n > 1<<24 {
+		return errors.New("memCore: past 16 MiB")
+	}
+	m.b = append(m.b[:0:0], m.b[:min(int(n), len(m.b))]...)
+	return nil
 }

@@ -5,8 +5,9 @@ set -eu
 # Every program the code, the tests and the Makefile run comes from one of
 # these (or from an Essential package); internal/depscheck's TestDeps proves it.
 # pahole: BTF for the 6.12 test modules; debootstrap, e2fsprogs: the system
-# guest image; bpftool: ground truth for planted attacks and tracing tests.
-PKGS="qemu-system-x86 qemu-utils qemu-guest-agent openssh-server openssh-client busybox-static cpio xz-utils zstd time gcc make libc6-dev binutils libyara-dev pkg-config chromium libvirt-daemon-system libvirt-clients pahole debootstrap e2fsprogs bpftool iproute2 nftables tcpdump"
+# guest image; bpftool: ground truth for planted attacks and tracing tests;
+# gdb: opens the process cores vmwatch extracts.
+PKGS="qemu-system-x86 qemu-utils qemu-guest-agent openssh-server openssh-client busybox-static cpio xz-utils zstd time gcc make libc6-dev binutils libyara-dev pkg-config chromium libvirt-daemon-system libvirt-clients pahole debootstrap e2fsprogs bpftool iproute2 nftables tcpdump gdb"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -25,9 +26,9 @@ type extractOut struct {
 func newExtractCmd(g *globalFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "extract",
-		Short: "Copy a file from the guest's page cache, or a module's memory, to the host",
+		Short: "Copy a file from the guest's page cache, a module's memory or a process's core to the host",
 	}
-	cmd.AddCommand(newExtractFileCmd(g), newExtractModuleCmd(g))
+	cmd.AddCommand(newExtractFileCmd(g), newExtractModuleCmd(g), newExtractCoreCmd(g))
 	return cmd
 }
 
@@ -207,5 +208,69 @@ cannot be named here; check --scan finds hidden ones.`,
 		},
 	}
 	cmd.Flags().StringVar(&output, "to", "", "write the memory to this file")
+	return cmd
+}
+
+type coreOut struct {
+	linux.CoreInfo
+	Output string `json:"output"`
+}
+
+func newExtractCoreCmd(g *globalFlags) *cobra.Command {
+	var output string
+	var maxSize int64
+	cmd := &cobra.Command{
+		Use:   "core PID --to FILE",
+		Short: "Write a process's memory as an ELF core file that gdb opens",
+		Long: `Writes a process's memory as an ELF core, laid out as the kernel's own core
+dumps are: the process's status, every thread's user registers (from the top
+of its kernel stack), the auxiliary vector and the mapped files in notes, and
+one segment per mapping. Pages the process never touched are read from the
+file's page cache for a file mapping, and left as holes (zeros) otherwise.
+Open it with the program: gdb PROGRAM FILE (extract file --exe PID gives the
+program as the guest holds it). The VM runs on while the core is read: give
+--pause for a consistent one.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if output == "" {
+				return errors.New("give --to FILE for the core")
+			}
+			pid, err := strconv.ParseInt(args[0], 10, 64)
+			if err != nil || pid <= 0 {
+				return fmt.Errorf("PID %q: want a process id", args[0])
+			}
+			f, err := os.OpenFile(output, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+			if err != nil {
+				return err
+			}
+			v, _, err := withSession(cmd.Context(), g, func(s *session) (any, error) {
+				tasks, terr := s.k.ProcessTasks([]int64{pid})
+				if len(tasks) == 0 {
+					if terr == nil {
+						terr = fmt.Errorf("no process %d in the task list (vmwatch ps lists them)", pid)
+					}
+					return nil, terr
+				}
+				return s.k.WriteCore(tasks[0], f, uint64(max(maxSize, 0)))
+			})
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				os.Remove(output)
+				return err
+			}
+			out := coreOut{CoreInfo: v.(linux.CoreInfo), Output: output}
+			for _, e := range out.Errors {
+				linef(os.Stderr, "vmwatch: warning: pid %d: %s", out.PID, e)
+			}
+			return emit(os.Stdout, g.output, out, func(tw *tabwriter.Writer) {
+				row(tw, "PID", "COMM", "THREADS", "SEGMENTS", "PAGES", "PRESENT", "CACHED", "SIZE", "OUTPUT")
+				row(tw, out.PID, out.Comm, out.Threads, out.Segments, out.Pages, out.Present, out.Cached, out.Size, out.Output)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&output, "to", "", "write the core to this file")
+	cmd.Flags().Int64Var(&maxSize, "max-size", 64<<30, "refuse a process with more readable memory mapped than this many bytes (0: no limit)")
 	return cmd
 }
