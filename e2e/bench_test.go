@@ -466,6 +466,20 @@ func BenchmarkViews(b *testing.B) {
 			}
 			return n, errors.Join(errs...)
 		}, []string{"check", "--only", "kernel-callbacks"}},
+		// the core of systemd (pid 1), written to a file
+		{"core", "pages", func() (int, error) {
+			tasks, err := k.ProcessTasks([]int64{1})
+			if len(tasks) == 0 {
+				return 0, err
+			}
+			f, err := os.Create(filepath.Join(b.TempDir(), "core"))
+			if err != nil {
+				return 0, err
+			}
+			defer f.Close()
+			info, err := k.WriteCore(tasks[0], f, 0)
+			return int(info.Present + info.Cached), err
+		}, []string{"extract", "core", "1", "--to", filepath.Join(b.TempDir(), "core.cmd")}},
 	}
 	for _, v := range views {
 		b.Run("warm/"+v.name, func(b *testing.B) {
