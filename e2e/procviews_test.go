@@ -1,11 +1,15 @@
 package e2e
 
 import (
+	"bytes"
+	"compress/gzip"
 	"crypto/sha256"
 	"debug/elf"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -39,6 +43,7 @@ func TestProcViews(t *testing.T) {
 		t.Run("caps", func(t *testing.T) { checkCaps(t, vm, tg, false) })
 		t.Run("extract", func(t *testing.T) { checkExtract(t, vm, tg) })
 		t.Run("core", func(t *testing.T) { checkCore(t, vm, tg) })
+		t.Run("kernel core", func(t *testing.T) { checkKernelCore(t, vm, tg) })
 	})
 }
 
@@ -711,4 +716,81 @@ func checkCore(t *testing.T, vm *testvm.VM, tg string) {
 	}
 	t.Logf("extract core %s: %d segments (%d compared with /proc/PID/mem), %d of %d pages present, %d from the page cache; gdb: rip %s rsp %s",
 		pid, info.Segments, len(wants), info.Present, info.Pages, info.Cached, regs["rip"], regs["rsp"])
+}
+
+// checkKernelCore extracts the kernel's core and holds it against the
+// guest: its VMCOREINFO note equals the one the guest's own /proc/kcore
+// carries, and gdb reads the guest's /proc/version at linux_banner, the
+// address the guest's /proc/kallsyms gives.
+func checkKernelCore(t *testing.T, vm *testvm.VM, tg string) {
+	out, err := vm.Run(`cat /proc/version; awk '$3 == "linux_banner" {print $1}' /proc/kallsyms; head -c 65536 /proc/kcore | gzip -c | base64`)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if err != nil || len(lines) < 3 {
+		t.Fatalf("the guest's /proc/version, kallsyms and kcore: %v: %q", err, out)
+	}
+	version, banner := strings.TrimSpace(lines[0]), strings.TrimSpace(lines[1])
+	gz, err := base64.StdEncoding.DecodeString(strings.Join(lines[2:], ""))
+	if err != nil {
+		t.Fatalf("the guest's kcore in base64: %v", err)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(gz))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kcore, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatalf("the guest's kcore: %v", err)
+	}
+	want, err := vmcoreinfoNote(bytes.NewReader(kcore))
+	if err != nil {
+		t.Fatalf("the guest's /proc/kcore: %v", err)
+	}
+	core := filepath.Join(t.TempDir(), "vmcore")
+	var info linux.KernelCoreInfo
+	vmwatchJSON(t, &info, "extract", "kernel", "-t", tg, "--to", core)
+	f, err := os.Open(core)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got, err := vmcoreinfoNote(f)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Errorf("VMCOREINFO of the extracted core (%v):\n%s\nthe guest's /proc/kcore:\n%s", err, got, want)
+	}
+	g, err := exec.Command("gdb", "-batch", "-nx", "-ex", "x/s 0x"+banner, "-c", core).CombinedOutput()
+	if err != nil || !strings.Contains(string(g), version[:min(len(version), 60)]) {
+		t.Errorf("gdb x/s linux_banner (0x%s) in the core: %v: %s; the guest's /proc/version: %s", banner, err, g, version)
+	}
+	t.Logf("extract kernel: %d segments, %d pages (%d of zeros), %d bytes of VMCOREINFO equal to the guest's /proc/kcore; gdb reads /proc/version at linux_banner",
+		info.Segments, info.Pages, info.Zero, len(got))
+}
+
+// vmcoreinfoNote returns the VMCOREINFO note of an ELF core.
+func vmcoreinfoNote(r io.ReaderAt) ([]byte, error) {
+	ef, err := elf.NewFile(r)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range ef.Progs {
+		if p.Type != elf.PT_NOTE {
+			continue
+		}
+		b := make([]byte, p.Filesz)
+		if _, err := p.ReadAt(b, 0); err != nil {
+			return nil, err
+		}
+		for len(b) >= 12 {
+			le := binary.LittleEndian
+			nsz, dsz := int(le.Uint32(b)), int(le.Uint32(b[4:]))
+			name := (nsz + 3) &^ 3
+			if 12+name+dsz > len(b) {
+				break
+			}
+			if strings.TrimRight(string(b[12:12+nsz]), "\x00") == "VMCOREINFO" {
+				return b[12+name : 12+name+dsz], nil
+			}
+			b = b[12+name+((dsz+3)&^3):]
+		}
+	}
+	return nil, errors.New("no VMCOREINFO note")
 }

@@ -127,6 +127,7 @@ func TestSystemGuest(t *testing.T) {
 			t.Run("libraries", func(t *testing.T) { checkLibraries(t, vm, tg) })
 			t.Run("extract", func(t *testing.T) { checkExtract(t, vm, tg) })
 			t.Run("core", func(t *testing.T) { checkCore(t, vm, tg) })
+			t.Run("kernel core", func(t *testing.T) { checkKernelCore(t, vm, tg) })
 			t.Run("namespaces", func(t *testing.T) { checkNamespaces(t, vm, tg) })
 			t.Run("yara", func(t *testing.T) { checkYaraHeap(t, vm) })
 			t.Run("clean and busy", func(t *testing.T) { checkBusyClean(t, vm, 20) })

@@ -224,18 +224,7 @@ func (k *Kernel) WriteCore(task Value, w CoreFile, maxBytes uint64) (CoreInfo, e
 }
 
 // writeNote appends an ELF note named CORE.
-func writeNote(b *bytes.Buffer, typ uint32, desc []byte) {
-	var h [12]byte
-	binary.LittleEndian.PutUint32(h[0:], 5)
-	binary.LittleEndian.PutUint32(h[4:], uint32(len(desc)))
-	binary.LittleEndian.PutUint32(h[8:], typ)
-	b.Write(h[:])
-	b.WriteString("CORE\x00\x00\x00\x00")
-	b.Write(desc)
-	for b.Len()%4 != 0 {
-		b.WriteByte(0)
-	}
-}
+func writeNote(b *bytes.Buffer, typ uint32, desc []byte) { writeNamedNote(b, "CORE", typ, desc) }
 
 // prpsinfo is struct elf_prpsinfo of x86-64 (136 bytes).
 func (k *Kernel) prpsinfo(p Process) []byte {

@@ -54,16 +54,7 @@ func (k *Kernel) ScanTasks() ([]ScannedTask, error) {
 			return nil, fmt.Errorf("task scan: task_struct member %s at byte %d (%d bytes read) outside the struct's %d bytes", m.name, m.off, m.n, tt.Size)
 		}
 	}
-	// the direct map's base without RANDOMIZE_MEMORY (4 and 5 levels)
-	pob := uint64(0xffff888000000000)
-	if k.Loc.Levels == 5 {
-		pob = 0xff11000000000000
-	}
-	if a, ok := k.Syms.Lookup("page_offset_base"); ok {
-		if v, e := k.Uint64(a); e == nil && v != 0 {
-			pob = v
-		}
-	}
+	pob := k.pageOffsetBase()
 	scan := k.Mem.Ranges()
 	if ex, ok := k.Mem.(guestmem.Extents); ok {
 		scan = nil

@@ -26,9 +26,9 @@ type extractOut struct {
 func newExtractCmd(g *globalFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "extract",
-		Short: "Copy a file from the guest's page cache, a module's memory or a process's core to the host",
+		Short: "Copy a file from the guest's page cache, a module's memory, a process's or the kernel's core to the host",
 	}
-	cmd.AddCommand(newExtractFileCmd(g), newExtractModuleCmd(g), newExtractCoreCmd(g))
+	cmd.AddCommand(newExtractFileCmd(g), newExtractModuleCmd(g), newExtractCoreCmd(g), newExtractKernelCmd(g))
 	return cmd
 }
 
@@ -272,5 +272,54 @@ program as the guest holds it). The VM runs on while the core is read: give
 	}
 	cmd.Flags().StringVar(&output, "to", "", "write the core to this file")
 	cmd.Flags().Int64Var(&maxSize, "max-size", 64<<30, "refuse a process with more readable memory mapped than this many bytes (0: no limit)")
+	return cmd
+}
+
+type kernelCoreOut struct {
+	linux.KernelCoreInfo
+	Output string `json:"output"`
+}
+
+func newExtractKernelCmd(g *globalFlags) *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "kernel --to FILE",
+		Short: "Write the guest's memory as a kdump-style ELF core with the kernel's VMCOREINFO",
+		Long: `Writes all of the guest's RAM as an ELF core laid out as a kdump vmcore: the
+kernel's own VMCOREINFO note (release, page size, symbol addresses, structure
+offsets, KERNELOFFSET, for crash and makedumpfile), a segment for the kernel
+image at its virtual addresses, and one per range of RAM at the direct map's
+addresses with its physical address. Pages of zeros are holes in the file. The
+VM runs on while it is read: give --pause for a consistent core.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if output == "" {
+				return errors.New("give --to FILE for the core")
+			}
+			f, err := os.OpenFile(output, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+			if err != nil {
+				return err
+			}
+			v, _, err := withSession(cmd.Context(), g, func(s *session) (any, error) {
+				return s.k.WriteKernelCore(f)
+			})
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				os.Remove(output)
+				return err
+			}
+			out := kernelCoreOut{KernelCoreInfo: v.(linux.KernelCoreInfo), Output: output}
+			if out.VMCoreInfo == 0 {
+				linef(os.Stderr, "vmwatch: warning: the kernel keeps no VMCOREINFO (built without CONFIG_CRASH_CORE?): the core has none")
+			}
+			return emit(os.Stdout, g.output, out, func(tw *tabwriter.Writer) {
+				row(tw, "RELEASE", "SEGMENTS", "PAGES", "ZERO", "VMCOREINFO", "SIZE", "OUTPUT")
+				row(tw, out.Release, out.Segments, out.Pages, out.Zero, out.VMCoreInfo, out.Size, out.Output)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&output, "to", "", "write the core to this file")
 	return cmd
 }
