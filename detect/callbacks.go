@@ -42,7 +42,7 @@ func (o owner) evidence(role string, a uint64) AddrEvidence {
 
 // kernelCallbacks reports netfilter hooks, notifier callbacks, terminal
 // operations (tty drivers, ttys, line disciplines), the operations of
-// /proc's entries, tracepoint probes and LSM hooks whose
+// /proc's entries, tracepoint probes, LSM hooks and perf event handlers whose
 // code is outside the kernel and every listed module (critical: a hidden
 // module or injected code) or in a module built outside the kernel's tree
 // (high: the kernel's own netfilter and input code is in-tree).
@@ -103,7 +103,10 @@ func kernelCallbacks(s *Snapshot) ([]Finding, error) {
 	lsms, lsmErr := s.K.LSMHooks()
 	out = append(out, s.opsFindings(lsms, opsKind{id: "lsm-hook", attack: "T1014", what: "security hook",
 		why: "The kernel asks it at every security decision of its kind (open a file, send a signal, load a module) and obeys its answer.", who: "Rootkits add hooks here to protect their processes and files, or to watch every decision."})...)
-	return out, errors.Join(hookErr, notErr, ttyErr, procErr, tpErr, lsmErr)
+	perfs, perfErr := s.K.PerfEvents()
+	out = append(out, s.opsFindings(perfs, opsKind{id: "perf-hook", attack: "T1014", what: "perf event handler",
+		why: "The kernel calls it at every overflow of the event: a sampling timer on every CPU, or a hardware breakpoint on a kernel address.", who: "Rootkits and keyloggers create kernel counters to run code periodically or on a watched address without a hook in the code."})...)
+	return out, errors.Join(hookErr, notErr, ttyErr, procErr, tpErr, lsmErr, perfErr)
 }
 
 // opsKind says what a family of operations tables is, for its findings.

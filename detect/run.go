@@ -83,7 +83,7 @@ func Detectors() []Detector {
 		{ID: "idt", Title: "Interrupt handlers outside the kernel", Run: idtHandlers},
 		{ID: "kernel-integrity", Title: "Kernel code that changed", Run: kernelIntegrity},
 		{ID: "kernel-hooks", Title: "ftrace, kprobe and eBPF hooks", Run: kernelHooks},
-		{ID: "kernel-callbacks", Title: "Netfilter hooks, notifier callbacks, terminal and /proc operations, tracepoint probes and LSM hooks outside the kernel's own code", Run: kernelCallbacks},
+		{ID: "kernel-callbacks", Title: "Netfilter hooks, notifier callbacks, terminal and /proc operations, tracepoint probes, LSM hooks and perf events outside the kernel's own code", Run: kernelCallbacks},
 		{ID: "credentials", Title: "Stolen or shared credentials", Run: credentials},
 		{ID: "process-anomalies", Title: "Masquerading, fileless, injected and reverse-shell processes", Run: processAnomalies},
 		{ID: "ptrace", Title: "Processes traced by a program that is not a debugger", Run: ptraceTracers},

@@ -479,7 +479,7 @@ func TestYara(t *testing.T) {
 // TestKernelCallbacks loads the hooks module (a netfilter hook, a keyboard
 // notifier, a sniffer of the serial console's tty, a tracepoint probe, and
 // /proc/net/tcp's show and /proc's iterate swapped, a task_kill security
-// hook) on both kernels.
+// hook, a kernel perf counter) on both kernels.
 func TestKernelCallbacks(t *testing.T) {
 	forEachKernel(t, func(t *testing.T, series string) {
 		callbacksAttack(t, attackGuest(t, series, "lkm"))
@@ -519,7 +519,7 @@ func callbacksAttack(t *testing.T, vm *testvm.VM) {
 	if got := seen(); got != "tcp 1 proc 1 kill ok" {
 		t.Fatalf("before the module the guest's /proc shows %q, want the listener and the process, and a signal to it sent", got)
 	}
-	fns := []string{"vmw_hooks_nf", "vmw_hooks_kbd", "vmw_hooks_tty_write", "vmw_hooks_receive_buf", "vmw_hooks_exec", "vmw_hooks_tcp_show", "vmw_hooks_proc_iterate", "vmw_hooks_task_kill"}
+	fns := []string{"vmw_hooks_nf", "vmw_hooks_kbd", "vmw_hooks_tty_write", "vmw_hooks_receive_buf", "vmw_hooks_exec", "vmw_hooks_tcp_show", "vmw_hooks_proc_iterate", "vmw_hooks_task_kill", "vmw_hooks_perf"}
 	// the LSM hooks' table, as the guest's kallsyms gives it: the static
 	// calls from 6.12 on, the lists before
 	out, err = vm.Run(`t=$(awk '$3 == "static_calls_table" {print $1}' /proc/kallsyms); [ -n "$t" ] || t=$(awk '$3 == "security_hook_heads" {print $1}' /proc/kallsyms); echo $t`)
@@ -570,7 +570,7 @@ func callbacksAttack(t *testing.T, vm *testvm.VM) {
 		}
 	}
 	detail := func(f detect.Finding, k, want string) bool { return fmt.Sprint(f.Evidence.Details[k]) == want }
-	var nf, kbd, ttyW, ttyR, exec, tcp, tcp6, proc, lsm bool
+	var nf, kbd, ttyW, ttyR, exec, tcp, tcp6, proc, lsm, perf bool
 	for _, f := range fs {
 		switch {
 		case f.ID == "netfilter-hook" && at("vmw_hooks_nf")(f) && f.Evidence.Details["hook"] == "PRE_ROUTING" && f.Evidence.Details["family"] == "ipv4":
@@ -587,6 +587,8 @@ func callbacksAttack(t *testing.T, vm *testvm.VM) {
 			tcp = true
 		case f.ID == "proc-hook" && at("vmw_hooks_tcp_show")(f) && detail(f, "object", "/proc/net/tcp6") && detail(f, "struct", "seq_operations") && detail(f, "member", "show"):
 			tcp6 = true
+		case f.ID == "perf-hook" && at("vmw_hooks_perf")(f) && detail(f, "object", "perf event (cpu 0)") && detail(f, "member", "overflow_handler"):
+			perf = true
 		case f.ID == "lsm-hook" && at("vmw_hooks_task_kill")(f) && strings.HasPrefix(fmt.Sprint(f.Evidence.Details["object"]), "lsm hook task_kill ") && detail(f, "member", "task_kill"):
 			lsm = true
 		case f.ID == "proc-hook" && at("vmw_hooks_proc_iterate")(f) && detail(f, "object", "/proc") && detail(f, "struct", "file_operations") && detail(f, "member", "iterate_shared"):
@@ -595,7 +597,7 @@ func callbacksAttack(t *testing.T, vm *testvm.VM) {
 			t.Errorf("unexpected finding %s %s: %s", f.Severity, f.ID, f.Explanation)
 		}
 	}
-	if !nf || !kbd || !ttyW || !ttyR || !exec || !tcp || !tcp6 || !proc || !lsm {
-		t.Errorf("found: netfilter hook %v, keyboard notifier %v, tty write %v, line discipline receive_buf %v, exec tracepoint probe %v, /proc/net/tcp show %v, tcp6 show %v, /proc iterate %v, task_kill security hook %v; kallsyms %x; findings: %s", nf, kbd, ttyW, ttyR, exec, tcp, tcp6, proc, lsm, addrs, summary(fs))
+	if !nf || !kbd || !ttyW || !ttyR || !exec || !tcp || !tcp6 || !proc || !lsm || !perf {
+		t.Errorf("found: netfilter hook %v, keyboard notifier %v, tty write %v, line discipline receive_buf %v, exec tracepoint probe %v, /proc/net/tcp show %v, tcp6 show %v, /proc iterate %v, task_kill security hook %v, perf handler %v; kallsyms %x; findings: %s", nf, kbd, ttyW, ttyR, exec, tcp, tcp6, proc, lsm, perf, addrs, summary(fs))
 	}
 }

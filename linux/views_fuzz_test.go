@@ -431,6 +431,7 @@ func driveViews(k *Kernel) {
 	k.ProcOps()
 	k.Tracepoints()
 	k.LSMHooks()
+	k.PerfEvents()
 	k.WriteKernelCore(&memCore{})
 	if top, err := k.Uint64(fuzzRBRoot); err == nil {
 		k.rbInOrder(top, 1000)

@@ -17,6 +17,9 @@
  *   Restored on rmmod;
  * - a probe on the sched_process_exec tracepoint that counts execs, as a
  *   rootkit watches what runs;
+ * - a kernel perf counter on CPU 0 (software CPU clock, every 10 ms) whose
+ *   overflow handler counts its calls, as code that runs periodically
+ *   without a timer of its own;
  * - with hide_port, /proc/net/tcp and tcp6 stop listing the TCP sockets
  *   of that local port, and with hide_pid, listing /proc skips that process: the
  *   show of the seq_operations behind both and the iterate_shared
@@ -49,11 +52,12 @@
 #include <linux/sched.h>
 #include <net/sock.h>
 #include <linux/lsm_hooks.h>
+#include <linux/perf_event.h>
 #include <linux/static_call.h>
 #include <linux/jump_label.h>
 #include <asm/special_insns.h>
 
-static unsigned long keys, written, received, execs;
+static unsigned long keys, written, received, execs, samples;
 
 static int hide_port;
 module_param(hide_port, int, 0444);
@@ -119,6 +123,39 @@ static int vmw_hooks_kbd(struct notifier_block *nb, unsigned long action, void *
 }
 
 static struct notifier_block vmw_hooks_nb = { .notifier_call = vmw_hooks_kbd };
+
+static struct perf_event *perf;
+
+static void vmw_hooks_perf(struct perf_event *e, struct perf_sample_data *d, struct pt_regs *regs)
+{
+	samples++;
+}
+
+static int add_perf(void)
+{
+	struct perf_event_attr attr = {
+		.type = PERF_TYPE_SOFTWARE,
+		.config = PERF_COUNT_SW_CPU_CLOCK,
+		.size = sizeof(attr),
+		.sample_period = 10 * NSEC_PER_MSEC,
+	};
+
+	perf = perf_event_create_kernel_counter(&attr, 0, NULL, vmw_hooks_perf, NULL);
+	if (IS_ERR(perf)) {
+		int err = PTR_ERR(perf);
+
+		perf = NULL;
+		return err;
+	}
+	return 0;
+}
+
+static void del_perf(void)
+{
+	if (perf)
+		perf_event_release_kernel(perf);
+	perf = NULL;
+}
 
 /* the tracepoint probe: sched_process_exec(p, old_pid, bprm) */
 static struct tracepoint *exec_tp;
@@ -314,6 +351,9 @@ static int __init vmw_hooks_init(void)
 	err = exec_tp ? tracepoint_probe_register(exec_tp, vmw_hooks_exec, NULL) : -ENOENT;
 	if (err)
 		goto out_kbd;
+	err = add_perf();
+	if (err)
+		goto out_tp;
 	err = hide();
 	if (err)
 		goto out_hide;
@@ -340,6 +380,8 @@ static int __init vmw_hooks_init(void)
 out_hide:
 	del_lsm();
 	unhide();
+	del_perf();
+out_tp:
 	if (exec_tp) {
 		tracepoint_probe_unregister(exec_tp, vmw_hooks_exec, NULL);
 		tracepoint_synchronize_unregister();
@@ -361,9 +403,10 @@ static void __exit vmw_hooks_exit(void)
 	}
 	del_lsm();
 	unhide();
+	del_perf();
 	tracepoint_probe_unregister(exec_tp, vmw_hooks_exec, NULL);
 	tracepoint_synchronize_unregister();
-	pr_info("vmw_hooks: %lu execs\n", execs);
+	pr_info("vmw_hooks: %lu execs, %lu perf samples\n", execs, samples);
 	unregister_keyboard_notifier(&vmw_hooks_nb);
 	nf_unregister_net_hook(&init_net, &vmw_hooks_ops);
 }
