@@ -95,7 +95,7 @@ func kernelCallbacks(s *Snapshot) ([]Finding, error) {
 	out = append(out, s.opsFindings(ttys, opsKind{id: "tty-hook", attack: "T1056.001", what: "terminal operation",
 		why: "Whoever owns a terminal's operations sees everything typed and printed on it: passwords included.", who: "Tty sniffers swap these tables."})...)
 	procs, procErr := s.K.ProcOps()
-	out = append(out, s.opsFindings(procs, opsKind{id: "proc-hook", attack: "T1014", what: "/proc operation",
+	out = append(out, s.opsFindings(procs, opsKind{id: "proc-hook", attack: "T1014", what: "/proc operation", ownTableLow: true,
 		why: "The kernel calls it to list or print the entry: whoever owns it decides what /proc shows.", who: "Rootkits swap these to hide connections from /proc/net/tcp and processes or files from listings."})...)
 	tps, tpErr := s.K.Tracepoints()
 	out = append(out, s.opsFindings(tps, opsKind{id: "tracepoint-hook", attack: "T1014", what: "tracepoint probe",
@@ -113,6 +113,9 @@ func kernelCallbacks(s *Snapshot) ([]Finding, error) {
 type opsKind struct {
 	id, attack, what string
 	why, who         string // what owning it gives; who swaps it
+	// ownTableLow: a function in the same module as the table holding it
+	// is that module's own entry (a driver's /proc files), low
+	ownTableLow bool
 }
 
 // opsFindings reports each function pointer of operations tables that is
@@ -135,6 +138,11 @@ func (s *Snapshot) opsFindings(ptrs []linux.OpsPointer, kind opsKind) []Finding 
 			continue
 		}
 		ev.Modules = []string{o.mod.Name}
+		if t := s.owner(uint64(p.Table)); kind.ownTableLow && t.mod != nil && t.mod.Name == o.mod.Name {
+			out = append(out, s.finding(kind.id, fmt.Sprintf("Out-of-tree module %s has its own %s: %s", o.mod.Name, kind.what, what), Low, kind.attack, key,
+				fmt.Sprintf("Module %s, built outside the kernel's tree (taint %#x), provides the %s from its own table: it calls %s. Drivers outside the tree (DKMS) create their own entries; a module that swaps a kernel entry's table for its own copy looks the same. Check that the module is expected.", o.mod.Name, o.mod.Taints, what, describe(ev.Addresses[0])), ev))
+			continue
+		}
 		out = append(out, s.finding(kind.id, fmt.Sprintf("Out-of-tree module %s owns a %s: %s", o.mod.Name, kind.what, what), High, kind.attack, key,
 			fmt.Sprintf("Module %s, built outside the kernel's tree (taint %#x), owns the %s: it calls %s. %s %s", o.mod.Name, o.mod.Taints, what, describe(ev.Addresses[0]), kind.why, kind.who), ev))
 	}

@@ -97,8 +97,13 @@ func (k *Kernel) WriteCore(task Value, w CoreFile, maxBytes uint64) (CoreInfo, e
 	}
 	var readable uint64
 	for _, m := range maps {
+		if m.End <= m.Start || m.Start%4096 != 0 || m.End%4096 != 0 {
+			return info, fmt.Errorf("pid %d: mapping %v-%v is not a range of pages: %w", p.PID, m.Start, m.End, ErrListCorrupt)
+		}
 		if strings.HasPrefix(m.Perms, "r") {
-			readable += uint64(m.End - m.Start)
+			if readable += uint64(m.End - m.Start); readable < uint64(m.End-m.Start) || readable > 1<<47 {
+				return info, fmt.Errorf("pid %d maps more readable memory than a user address space holds: %w", p.PID, ErrListCorrupt)
+			}
 		}
 	}
 	if maxBytes > 0 && readable > maxBytes {
@@ -144,32 +149,14 @@ func (k *Kernel) WriteCore(task Value, w CoreFile, maxBytes uint64) (CoreInfo, e
 
 	// the layout: header, program headers, notes, then the segments on
 	// page boundaries
-	le := binary.LittleEndian
-	phnum := 1 + len(maps)
-	noteOff := uint64(64 + 56*phnum)
+	hdr, noteOff := elfCoreHeader(1+len(maps), notes.Len())
 	off := (noteOff + uint64(notes.Len()) + 4095) &^ 4095
-	hdr := make([]byte, noteOff)
-	copy(hdr, "\x7fELF\x02\x01\x01")
-	le.PutUint16(hdr[16:], 4) // ET_CORE
-	le.PutUint16(hdr[18:], emX8664)
-	le.PutUint32(hdr[20:], 1)
-	le.PutUint64(hdr[32:], 64) // e_phoff
-	le.PutUint16(hdr[52:], 64)
-	le.PutUint16(hdr[54:], 56)
-	le.PutUint16(hdr[56:], uint16(phnum))
-	ph := hdr[64:]
-	le.PutUint32(ph[0:], ptNote)
-	le.PutUint64(ph[8:], noteOff)
-	le.PutUint64(ph[32:], uint64(notes.Len()))
-	le.PutUint64(ph[40:], uint64(notes.Len()))
-	le.PutUint64(ph[48:], 4)
 	type seg struct {
 		m        Mapping
 		off, len uint64
 	}
 	var segs []seg
 	for i, m := range maps {
-		ph := hdr[64+56*(i+1):]
 		size := uint64(m.End - m.Start)
 		flags := uint32(0)
 		for j, bit := range []uint32{4, 2, 1} { // rwx
@@ -181,13 +168,7 @@ func (k *Kernel) WriteCore(task Value, w CoreFile, maxBytes uint64) (CoreInfo, e
 		if flags&4 != 0 {
 			filesz = size
 		}
-		le.PutUint32(ph[0:], ptLoad)
-		le.PutUint32(ph[4:], flags)
-		le.PutUint64(ph[8:], off)
-		le.PutUint64(ph[16:], uint64(m.Start))
-		le.PutUint64(ph[32:], filesz)
-		le.PutUint64(ph[40:], size)
-		le.PutUint64(ph[48:], 4096)
+		putLoad(hdr, i+1, flags, off, uint64(m.Start), 0, filesz, size)
 		segs = append(segs, seg{m, off, filesz})
 		off += filesz
 	}
@@ -221,6 +202,44 @@ func (k *Kernel) WriteCore(task Value, w CoreFile, maxBytes uint64) (CoreInfo, e
 		return info, err
 	}
 	return info, nil
+}
+
+// elfCoreHeader returns the ELF header and program headers of an x86-64
+// core with phnum segments, the first the PT_NOTE of noteLen bytes that
+// follows the headers; and where the notes go.
+func elfCoreHeader(phnum, noteLen int) ([]byte, uint64) {
+	le := binary.LittleEndian
+	noteOff := uint64(64 + 56*phnum)
+	hdr := make([]byte, noteOff)
+	copy(hdr, "\x7fELF\x02\x01\x01")
+	le.PutUint16(hdr[16:], 4) // ET_CORE
+	le.PutUint16(hdr[18:], emX8664)
+	le.PutUint32(hdr[20:], 1)
+	le.PutUint64(hdr[32:], 64) // e_phoff
+	le.PutUint16(hdr[52:], 64)
+	le.PutUint16(hdr[54:], 56)
+	le.PutUint16(hdr[56:], uint16(phnum))
+	ph := hdr[64:]
+	le.PutUint32(ph[0:], ptNote)
+	le.PutUint64(ph[8:], noteOff)
+	le.PutUint64(ph[32:], uint64(noteLen))
+	le.PutUint64(ph[40:], uint64(noteLen))
+	le.PutUint64(ph[48:], 4)
+	return hdr, noteOff
+}
+
+// putLoad fills program header i as a PT_LOAD.
+func putLoad(hdr []byte, i int, flags uint32, off, vaddr, paddr, filesz, memsz uint64) {
+	le := binary.LittleEndian
+	ph := hdr[64+56*i:]
+	le.PutUint32(ph[0:], ptLoad)
+	le.PutUint32(ph[4:], flags)
+	le.PutUint64(ph[8:], off)
+	le.PutUint64(ph[16:], vaddr)
+	le.PutUint64(ph[24:], paddr)
+	le.PutUint64(ph[32:], filesz)
+	le.PutUint64(ph[40:], memsz)
+	le.PutUint64(ph[48:], 4096)
 }
 
 // writeNote appends an ELF note named CORE.
@@ -265,8 +284,7 @@ func (k *Kernel) prstatus(t Value, p Process) ([]byte, error) {
 }
 
 // userRegs reads a thread's user registers in user_regs_struct's order:
-// the pt_regs at the top of its kernel stack (THREAD_SIZE 16 KiB, 32 KiB
-// with KASAN), checked by their user segment selectors, and the thread's
+// the pt_regs at the top of its kernel stack, checked by their user segment selectors, and the thread's
 // FS and GS bases and selectors.
 func (k *Kernel) userRegs(t Value) ([]uint64, error) {
 	f := &fields{v: t}
@@ -278,8 +296,10 @@ func (k *Kernel) userRegs(t Value) ([]uint64, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, size := range []uint64{16 << 10, 32 << 10} {
-		rv, err := k.ReadValue(rt, stack+size-rt.Size)
+	// the stack's top: THREAD_SIZE 16 KiB or 32 KiB (KASAN), less 16 bytes
+	// of padding with FRED (Linux 6.9+)
+	for _, top := range []uint64{16 << 10, 16<<10 - 16, 32 << 10, 32<<10 - 16} {
+		rv, err := k.ReadValue(rt, stack+top-rt.Size)
 		if err != nil {
 			continue
 		}

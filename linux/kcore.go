@@ -90,35 +90,11 @@ func (k *Kernel) WriteKernelCore(w CoreFile) (KernelCoreInfo, error) {
 			segs = append(segs, seg{pob + r.Start, r.Start, r.End - r.Start})
 		}
 	}
-	le := binary.LittleEndian
-	phnum := 1 + len(segs)
-	noteOff := uint64(64 + 56*phnum)
+	hdr, noteOff := elfCoreHeader(1+len(segs), notes.Len())
 	off := (noteOff + uint64(notes.Len()) + 4095) &^ 4095
-	hdr := make([]byte, noteOff)
-	copy(hdr, "\x7fELF\x02\x01\x01")
-	le.PutUint16(hdr[16:], 4) // ET_CORE
-	le.PutUint16(hdr[18:], emX8664)
-	le.PutUint32(hdr[20:], 1)
-	le.PutUint64(hdr[32:], 64)
-	le.PutUint16(hdr[52:], 64)
-	le.PutUint16(hdr[54:], 56)
-	le.PutUint16(hdr[56:], uint16(phnum))
-	le.PutUint32(hdr[64:], ptNote)
-	le.PutUint64(hdr[64+8:], noteOff)
-	le.PutUint64(hdr[64+32:], uint64(notes.Len()))
-	le.PutUint64(hdr[64+40:], uint64(notes.Len()))
-	le.PutUint64(hdr[64+48:], 4)
 	offs := make([]uint64, len(segs))
 	for i, s := range segs {
-		ph := hdr[64+56*(i+1):]
-		le.PutUint32(ph[0:], ptLoad)
-		le.PutUint32(ph[4:], 7) // rwx, as vmcores have it
-		le.PutUint64(ph[8:], off)
-		le.PutUint64(ph[16:], s.va)
-		le.PutUint64(ph[24:], s.pa)
-		le.PutUint64(ph[32:], s.size)
-		le.PutUint64(ph[40:], s.size)
-		le.PutUint64(ph[48:], 4096)
+		putLoad(hdr, i+1, 7, off, s.va, s.pa, s.size, s.size) // rwx, as vmcores have it
 		offs[i] = off
 		off += s.size
 	}

@@ -16,8 +16,9 @@ import (
 
 // limits of the /proc walk
 const (
-	maxProcEntries = 1 << 14
-	maxProcDepth   = 12
+	maxProcEntries    = 1 << 14 // under proc_root
+	maxProcNetEntries = 1 << 12 // under each namespace's /proc/net
+	maxProcDepth      = 12
 )
 
 // S_IFMT and S_IFDIR of include/uapi/linux/stat.h
@@ -38,6 +39,9 @@ func (k *Kernel) ProcOps() ([]OpsPointer, error) {
 	if err != nil {
 		return nil, err
 	}
+	// each root has its own budget: entries forged under /proc cannot
+	// use up the walk before /proc/net/tcp
+	w.budget = maxProcEntries
 	w.walk(root, "/proc", "", 0, true)
 	nets, netErr := k.netNamespaces()
 	if netErr != nil {
@@ -59,10 +63,11 @@ func (k *Kernel) ProcOps() ([]OpsPointer, error) {
 			inum, _ := nsr.nsInum("net", n)
 			suffix = fmt.Sprintf(" (net namespace %d)", inum)
 		}
+		w.budget = maxProcNetEntries
 		w.walk(p, "/proc/net", suffix, 0, true) // a directory with no mode (fs/proc/proc_net.c)
 	}
-	if w.entries >= maxProcEntries {
-		w.note(fmt.Errorf("more than %d entries: the rest not read", maxProcEntries))
+	if w.full {
+		w.note(fmt.Errorf("more than %d function pointers: the rest not read", maxTTYPointers))
 	}
 	if len(w.errs) > 0 {
 		return w.out, fmt.Errorf("/proc operations: %s", strings.Join(w.errs, "; "))
@@ -78,7 +83,8 @@ type procWalker struct {
 	oneProcs map[uint64]bool // proc_ops whose entries hold a single_show
 	seen     map[uint64]bool // entries
 	tables   map[uint64]bool // operations tables read
-	entries  int
+	budget   int             // entries left to read under the current root
+	full     bool            // the pointers reached their cap
 	out      []OpsPointer
 	errs     []string
 }
@@ -119,7 +125,11 @@ func (w *procWalker) note(err error) {
 
 // table adds the function pointers of an operations table once.
 func (w *procWalker) table(object, structName string, a uint64) {
-	if a == 0 || w.tables[a] || len(w.out) >= maxTTYPointers {
+	if a == 0 || w.tables[a] {
+		return
+	}
+	if len(w.out) >= maxTTYPointers {
+		w.full = true
 		return
 	}
 	w.tables[a] = true
@@ -134,14 +144,18 @@ func (w *procWalker) table(object, structName string, a uint64) {
 	w.out = append(w.out, ps...)
 }
 
-// walk reads an entry and, for a directory (by its mode, or a root the
-// caller knows is one), its children.
+// walk reads an entry, with the operations of a directory (by its mode,
+// or a root the caller knows is one) or of a file, and its children.
 func (w *procWalker) walk(pde uint64, path, suffix string, depth int, dir bool) {
-	if w.seen[pde] || w.entries >= maxProcEntries {
+	if w.seen[pde] {
+		return
+	}
+	if w.budget <= 0 {
+		w.note(fmt.Errorf("%s: over the budget of entries, not read", path))
 		return
 	}
 	w.seen[pde] = true
-	w.entries++
+	w.budget--
 	v, err := w.k.ReadValue(w.pdeT, pde)
 	if err != nil {
 		w.note(fmt.Errorf("%s: %w", path, err))
@@ -170,14 +184,13 @@ func (w *procWalker) walk(pde uint64, path, suffix string, depth int, dir bool) 
 	if len(f.errs) > 0 {
 		w.note(fmt.Errorf("%s: %s", path, strings.Join(f.errs, "; ")))
 	}
-	if !dir || depth >= maxProcDepth {
-		return
-	}
+	// children are read whenever there are some: a directory's mode is
+	// the guest's to forge
 	top := f.ptr("subdir.rb_node")
-	if top == 0 {
+	if top == 0 || depth >= maxProcDepth || w.budget <= 0 {
 		return
 	}
-	nodes, err := w.k.rbInOrder(top, maxProcEntries)
+	nodes, err := w.k.rbInOrder(top, w.budget)
 	if err != nil {
 		w.note(fmt.Errorf("%s: %w", path, err))
 	}

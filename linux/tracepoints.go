@@ -63,7 +63,17 @@ func (k *Kernel) Tracepoints() ([]OpsPointer, error) {
 	var out []OpsPointer
 	funcT, _ := k.Types.Struct("tracepoint_func")
 	seenKey := map[uint64]bool{}
+	// a module's own tracepoint calls into that module: its iterator,
+	// regfunc and unregfunc are not hooks
+	own := func(mod string, p uint64) bool {
+		m, ok := InModule(mods, p)
+		return mod != "" && ok && m.Name == mod
+	}
 	for _, t := range tps {
+		if len(out) >= maxTTYPointers {
+			note(fmt.Errorf("more than %d function pointers: the rest not read", maxTTYPointers))
+			break
+		}
 		v, err := k.ReadValue(tpT, t.addr)
 		if err != nil {
 			note(fmt.Errorf("tracepoint at %#x: %w", t.addr, err))
@@ -85,11 +95,18 @@ func (k *Kernel) Tracepoints() ([]OpsPointer, error) {
 			object += " [" + t.mod + "]"
 		}
 		for _, fn := range []string{"regfunc", "unregfunc"} {
-			if p := f.ptr(fn); p != 0 {
+			if !tpT.HasField(fn) {
+				continue // in tracepoint->ext from Linux 6.13
+			}
+			if p := f.ptr(fn); p != 0 && !own(t.mod, p) {
 				out = append(out, OpsPointer{Object: object, Struct: "tracepoint", Member: fn, Func: Addr(p), Table: Addr(t.addr)})
 			}
 		}
 		funcs, key := f.ptr("funcs"), f.ptr("static_call_key")
+		iterator := uint64(0)
+		if tpT.HasField("iterator") {
+			iterator = f.ptr("iterator")
+		}
 		if len(f.errs) > 0 {
 			note(fmt.Errorf("%s: %s", object, strings.Join(f.errs, "; ")))
 		}
@@ -111,12 +128,12 @@ func (k *Kernel) Tracepoints() ([]OpsPointer, error) {
 			probes[p] = true
 			out = append(out, OpsPointer{Object: object, Struct: "tracepoint_func", Member: "func", Func: Addr(p), Table: Addr(funcs)})
 		}
-		// with one probe the static call jumps straight to it; another
-		// target is the iterator or a static call redirected
+		// with one probe the static call jumps straight to it, with more to
+		// the iterator; another target is a static call redirected
 		if key != 0 && !seenKey[key] {
 			seenKey[key] = true
 			if kv, err := k.ReadField("static_call_key", key, "func"); err == nil {
-				if p, _ := kv.Ptr(); p != 0 && !probes[p] {
+				if p, _ := kv.Ptr(); p != 0 && !probes[p] && p != iterator && !own(t.mod, p) {
 					out = append(out, OpsPointer{Object: object, Struct: "static_call_key", Member: "func", Func: Addr(p), Table: Addr(key)})
 				}
 			}

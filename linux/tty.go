@@ -111,7 +111,9 @@ func (k *Kernel) TTYOps() ([]OpsPointer, error) {
 		f := &fields{v: v}
 		name := "?"
 		if np := f.ptr("driver_name"); np != 0 {
-			name, _ = k.ReadCString(np, 64)
+			if s, err := k.ReadCString(np, 64); err == nil {
+				name = safeName(s)
+			}
 		}
 		addOnce("driver "+name, "tty_operations", f.ptr("ops"))
 		ttys, num := f.ptr("ttys"), f.uint("num")

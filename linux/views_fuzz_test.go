@@ -147,6 +147,10 @@ func newFuzzLayout() *fuzzLayout {
 	hh := st("hlist_head", 8, mem{"first", ptr(hn), 0, 0})
 	st("security_hook_heads", 16, mem{"file_open", hh, 0, 0}, mem{"task_kill", hh, 8, 0})
 	st("security_hook_list", 40, mem{"list", hn, 0, 0}, mem{"head", ptr(hh), 16, 0}, mem{"hook", fn, 24, 0}, mem{"lsm", ptr(char), 32, 0})
+	// perf events: one CPU's context with one event
+	st("perf_event", 24, mem{"event_entry", lh, 0, 0}, mem{"overflow_handler", fn, 16, 0})
+	pctx := st("perf_event_context", 16, mem{"event_list", lh, 0, 0})
+	st("perf_cpu_context", 16, mem{"ctx", pctx, 0, 0})
 	netT := st("net", 48, mem{"ns", nsc, 0, 0}, mem{"list", lh, 8, 0}, mem{"dev_base_head", lh, 24, 0}, mem{"proc_net", ptr(pde), 40, 0})
 	st("net_device", 88, mem{"name", arr(char, 16), 0, 0}, mem{"dev_list", lh, 16, 0}, mem{"ifindex", s32, 32, 0},
 		mem{"flags", u32, 36, 0}, mem{"mtu", u32, 40, 0}, mem{"type", u16, 44, 0}, mem{"addr_len", u8, 46, 0},
@@ -347,6 +351,8 @@ const (
 	fuzzSeqProcs  = fuzzData + 0xb98 // proc_seq_ops
 	fuzzTP        = fuzzData + 0xae0 // __tracepoint_sched
 	fuzzLSMHeads  = fuzzData + 0xb40 // security_hook_heads
+	fuzzPerCPU    = fuzzData + 0xc00 // __per_cpu_offset: one CPU, offset 0
+	fuzzPerfCPU   = fuzzData + 0xc10 // perf_cpu_context
 	fuzzObject    = fuzzData + 0x200 // a task_struct for the typed-value checks
 )
 
@@ -379,6 +385,8 @@ func fuzzKernel(t testing.TB, types Types, data []byte) *Kernel {
 		{Addr: fuzzSeqProcs, Name: "proc_seq_ops", Type: 'r'},
 		{Addr: fuzzTP, Name: "__tracepoint_sched", Type: 'D'},
 		{Addr: fuzzLSMHeads, Name: "security_hook_heads", Type: 'd'},
+		{Addr: fuzzPerCPU, Name: "__per_cpu_offset", Type: 'D'},
+		{Addr: fuzzPerfCPU, Name: "perf_cpu_context", Type: 'D'},
 	})
 	return &Kernel{Mem: mem, AS: as, Loc: Location{Levels: 4}, Syms: syms, Types: types, log: slog.New(slog.DiscardHandler)}
 }
@@ -465,7 +473,7 @@ func badTaskLayout() []byte {
 func fuzzTaskMemory() []byte {
 	// small, so that the fuzzer's minimizer has little to cut; the rest of
 	// the mapped window reads as zeros
-	m := make([]byte, 0xc00)
+	m := make([]byte, 0xc50)
 	le := binary.LittleEndian
 	// two tasks on the task list, each with its cred and struct pid
 	task := func(at, other uint64, pid int32, comm string, pidStruct uint64) {
@@ -592,6 +600,12 @@ func fuzzTaskMemory() []byte {
 	le.PutUint64(m[0xb50+24:], text(12))       // hook
 	le.PutUint64(m[0xb50+32:], fuzzData+0xbf0) // lsm
 	copy(m[0xbf0:], "lsm")
+	// CPU 0's perf context holds one event
+	le.PutUint64(m[0xc10:], fuzzData+0xc30)   // ctx.event_list.next
+	le.PutUint64(m[0xc10+8:], fuzzData+0xc30) // .prev
+	le.PutUint64(m[0xc30:], fuzzPerfCPU)      // event_entry.next
+	le.PutUint64(m[0xc30+8:], fuzzPerfCPU)    // .prev
+	le.PutUint64(m[0xc30+16:], text(13))      // overflow_handler
 	return m
 }
 
@@ -674,6 +688,9 @@ func TestScanTasksBadLayout(t *testing.T) {
 	}
 	if hs, err := k.LSMHooks(); err != nil || len(hs) != 1 || hs[0].Object != "lsm hook task_kill (lsm)" || hs[0].Func != 0xffffffff810000c0 {
 		t.Errorf("LSMHooks on the base layout: %+v %v", hs, err)
+	}
+	if ps, _ := k.PerfEvents(); len(ps) != 1 || ps[0].Object != "perf event (cpu 0)" || ps[0].Member != "overflow_handler" || ps[0].Func != 0xffffffff810000d0 {
+		t.Errorf("PerfEvents on the base layout: %+v", ps)
 	}
 	root, _ := k.Uint64(fuzzMapleRoot)
 	if es, err := k.mapleEntries(root); err != nil || len(es) != 1 || es[0] != fuzzData+0x3000 {
