@@ -56,25 +56,33 @@ func (k *Kernel) lsmName(f *fields) string {
 	return safeName(s)
 }
 
-// lsmHeads walks each hlist of security_hook_heads (Linux up to 6.11).
-func (k *Kernel) lsmHeads(heads uint64) ([]OpsPointer, error) {
-	ht, err := k.Types.Struct("security_hook_heads")
+// lsmTable reads the table of hooks (structName at addr) and gives the
+// type of its entries and where an entry's function is.
+func (k *Kernel) lsmTable(structName string, addr uint64) (Value, *Type, uint64, error) {
+	t, err := k.Types.Struct(structName)
 	if err != nil {
-		return nil, err
+		return Value{}, nil, 0, err
 	}
 	hlT, err := k.Types.Struct("security_hook_list")
 	if err != nil {
-		return nil, err
+		return Value{}, nil, 0, err
 	}
 	hookOff, err := hlT.FieldOffset("hook")
 	if err != nil {
-		return nil, err
+		return Value{}, nil, 0, err
 	}
-	listOff, err := hlT.FieldOffset("list")
+	v, err := k.ReadValue(t, addr)
+	return v, hlT, hookOff, err
+}
+
+// lsmHeads walks each hlist of security_hook_heads (Linux up to 6.11).
+func (k *Kernel) lsmHeads(heads uint64) ([]OpsPointer, error) {
+	hv, hlT, hookOff, err := k.lsmTable("security_hook_heads", heads)
 	if err != nil {
 		return nil, err
 	}
-	hv, err := k.ReadValue(ht, heads)
+	ht := hv.Type
+	listOff, err := hlT.FieldOffset("list")
 	if err != nil {
 		return nil, err
 	}
@@ -121,22 +129,11 @@ func (k *Kernel) lsmHeads(heads uint64) ([]OpsPointer, error) {
 
 // lsmStaticCalls reads each slot of static_calls_table (Linux 6.12 on).
 func (k *Kernel) lsmStaticCalls(table uint64) ([]OpsPointer, error) {
-	tt, err := k.Types.Struct("lsm_static_calls_table")
+	tv, hlT, hookOff, err := k.lsmTable("lsm_static_calls_table", table)
 	if err != nil {
 		return nil, err
 	}
-	hlT, err := k.Types.Struct("security_hook_list")
-	if err != nil {
-		return nil, err
-	}
-	hookOff, err := hlT.FieldOffset("hook")
-	if err != nil {
-		return nil, err
-	}
-	tv, err := k.ReadValue(tt, table)
-	if err != nil {
-		return nil, err
-	}
+	tt := tv.Type
 	var out []OpsPointer
 	var errs []string
 	note := func(s string) {

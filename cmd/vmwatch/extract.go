@@ -239,11 +239,7 @@ program as the guest holds it). The VM runs on while the core is read: give
 			if err != nil || pid <= 0 {
 				return fmt.Errorf("PID %q: want a process id", args[0])
 			}
-			f, err := os.OpenFile(output, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-			if err != nil {
-				return err
-			}
-			v, _, err := withSession(cmd.Context(), g, func(s *session) (any, error) {
+			v, err := writeCore(cmd, g, output, func(s *session, f *os.File) (any, error) {
 				tasks, terr := s.k.ProcessTasks([]int64{pid})
 				if len(tasks) == 0 {
 					if terr == nil {
@@ -253,11 +249,7 @@ program as the guest holds it). The VM runs on while the core is read: give
 				}
 				return s.k.WriteCore(tasks[0], f, uint64(max(maxSize, 0)))
 			})
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
 			if err != nil {
-				os.Remove(output)
 				return err
 			}
 			out := coreOut{CoreInfo: v.(linux.CoreInfo), Output: output}
@@ -296,18 +288,10 @@ VM runs on while it is read: give --pause for a consistent core.`,
 			if output == "" {
 				return errors.New("give --to FILE for the core")
 			}
-			f, err := os.OpenFile(output, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-			if err != nil {
-				return err
-			}
-			v, _, err := withSession(cmd.Context(), g, func(s *session) (any, error) {
+			v, err := writeCore(cmd, g, output, func(s *session, f *os.File) (any, error) {
 				return s.k.WriteKernelCore(f)
 			})
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
 			if err != nil {
-				os.Remove(output)
 				return err
 			}
 			out := kernelCoreOut{KernelCoreInfo: v.(linux.KernelCoreInfo), Output: output}
@@ -322,4 +306,22 @@ VM runs on while it is read: give --pause for a consistent core.`,
 	}
 	cmd.Flags().StringVar(&output, "to", "", "write the core to this file")
 	return cmd
+}
+
+// writeCore creates output and runs write on it in a session; a failed
+// core is removed, not left half written.
+func writeCore(cmd *cobra.Command, g *globalFlags, output string, write func(*session, *os.File) (any, error)) (any, error) {
+	f, err := os.OpenFile(output, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	v, _, err := withSession(cmd.Context(), g, func(s *session) (any, error) { return write(s, f) })
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(output)
+		return nil, err
+	}
+	return v, nil
 }
